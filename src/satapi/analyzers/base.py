@@ -1,0 +1,87 @@
+"""The analyzer interface: what every analyzer (Claude, local pixels) takes and gives back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageInput:
+    """One image to analyse, with what is known about where and when it was taken."""
+
+    data: bytes
+    content_type: str
+    label: str = "image"  # "image" for a single analysis, "before"/"after" in a comparison
+    provider: str | None = None
+    layer: str | None = None
+    bbox: tuple[float, float, float, float] | None = None  # lon/lat for EPSG:4326 / CRS:84
+    crs: str | None = None
+    time: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisTask:
+    """One image to describe, or two (before, after) to compare."""
+
+    images: Sequence[ImageInput]
+    prompt: str | None = None
+
+    @property
+    def is_comparison(self) -> bool:
+        """True when the task compares a before and an after image."""
+        return len(self.images) == 2
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the analysis text, in the order it was produced."""
+
+    text: str
+
+
+@dataclass(kw_only=True)
+class AnalysisResult:
+    """The finished analysis."""
+
+    analyzer: str
+    model: str | None
+    text: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, int] | None = None
+    # Extra images the analyzer made (e.g. "change_mask" -> PNG bytes), stored by the caller.
+    images: dict[str, bytes] = field(default_factory=dict)
+
+
+AnalysisEvent = TextDelta | AnalysisResult
+
+
+class Analyzer(Protocol):
+    """Something that turns images into an analysis, streaming its text as it goes.
+
+    `stream` yields zero or more `TextDelta`s and then exactly one `AnalysisResult`, last.
+    Errors are raised as `satapi.errors.SatapiError` subclasses.
+    """
+
+    name: str
+
+    @property
+    def model(self) -> str | None:
+        """The model that produces the text, or None for non-AI analyzers."""
+        ...
+
+    def stream(self, task: AnalysisTask) -> AsyncIterator[AnalysisEvent]:
+        """Analyse `task`, yielding text deltas and then the result."""
+        ...
+
+
+async def run_analysis(analyzer: Analyzer, task: AnalysisTask) -> AnalysisResult:
+    """Consume `analyzer.stream(task)` and return its final result."""
+    result: AnalysisResult | None = None
+    async for event in analyzer.stream(task):
+        if isinstance(event, AnalysisResult):
+            result = event
+    if result is None:
+        raise RuntimeError(f"analyzer {analyzer.name!r} ended without a result")
+    return result

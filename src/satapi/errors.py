@@ -1,0 +1,181 @@
+"""The domain exception tree, and the one table that maps it to HTTP status codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SatapiError(Exception):
+    """Base of every error the service reports to a client.
+
+    `code` is the machine-readable name sent in the error envelope; the message is a human sentence.
+    `retry_after` (seconds) becomes a `Retry-After` header; `extra` adds fields to the envelope.
+    """
+
+    code = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+        self.extra: dict[str, Any] = dict(extra or {})
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- client errors -----------------------------------------------------------------------------
+
+
+class InvalidRequest(SatapiError):
+    """The request is well-formed JSON but asks for something impossible."""
+
+    code = "invalid_request"
+
+
+class InvalidBBox(InvalidRequest):
+    """A bounding box that is not finite, not ordered, or out of the CRS's range."""
+
+    code = "invalid_bbox"
+
+
+class UnknownProvider(InvalidRequest):
+    """The request names a provider that is not configured."""
+
+    code = "unknown_provider"
+
+
+class TooManyDates(InvalidRequest):
+    """A time series asks for more dates than allowed."""
+
+    code = "too_many_dates"
+
+
+class UrlNotAllowed(SatapiError):
+    """A client-supplied URL points somewhere the service will not fetch from."""
+
+    code = "url_not_allowed"
+
+
+class AINotConfigured(SatapiError):
+    """The Claude analyzer was asked for, but no Anthropic key is configured."""
+
+    code = "ai_not_configured"
+
+
+class NotFound(SatapiError):
+    """An image or analysis id that is well-formed but unknown."""
+
+    code = "not_found"
+
+
+class Unauthorized(SatapiError):
+    """Missing or wrong API key."""
+
+    code = "unauthorized"
+
+
+class PayloadTooLarge(SatapiError):
+    """A request body over the configured limit."""
+
+    code = "payload_too_large"
+
+
+# --- capacity ----------------------------------------------------------------------------------
+
+
+class Overloaded(SatapiError):
+    """Too many requests are already waiting for a WMS permit; the caller should come back later."""
+
+    code = "overloaded"
+
+
+# --- upstream (WMS) errors ---------------------------------------------------------------------
+
+
+class UpstreamError(SatapiError):
+    """The WMS server failed in a way that is not more specific below."""
+
+    code = "upstream_error"
+
+
+class WMSServiceException(UpstreamError):
+    """The WMS server answered with an OGC ServiceException (often with HTTP 200)."""
+
+    code = "wms_exception"
+
+
+class NotAnImage(UpstreamError):
+    """The body is not a decodable image of the requested size."""
+
+    code = "not_an_image"
+
+
+class ImageTooLarge(UpstreamError):
+    """The body is larger than the configured byte limit."""
+
+    code = "image_too_large"
+
+
+class RedirectNotAllowed(UpstreamError):
+    """The WMS server redirected to a host the service does not fetch from."""
+
+    code = "redirect_not_allowed"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The download did not finish within its deadline."""
+
+    code = "upstream_timeout"
+
+
+# --- AI errors ---------------------------------------------------------------------------------
+
+
+class AIError(SatapiError):
+    """The AI provider failed."""
+
+    code = "ai_error"
+
+
+class AIBusy(AIError):
+    """The AI provider is rate limiting or overloaded."""
+
+    code = "ai_busy"
+
+
+class AIAuthError(AIError):
+    """The AI provider rejected the configured credentials."""
+
+    code = "ai_auth"
+
+
+# The one table: the most specific class listed wins (looked up along the MRO).
+STATUS_BY_ERROR: dict[type[SatapiError], int] = {
+    SatapiError: 500,
+    InvalidRequest: 422,
+    UrlNotAllowed: 400,
+    AINotConfigured: 400,
+    NotFound: 404,
+    Unauthorized: 401,
+    PayloadTooLarge: 413,
+    Overloaded: 503,
+    UpstreamError: 502,
+    UpstreamTimeout: 504,
+    AIError: 502,
+    AIBusy: 503,
+}
+
+
+def status_for(error: SatapiError) -> int:
+    """The HTTP status for a domain error, from `STATUS_BY_ERROR`."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]  # type: ignore[index]
+    return 500
