@@ -177,5 +177,5 @@ def status_for(error: SatapiError) -> int:
     """The HTTP status for a domain error, from `STATUS_BY_ERROR`."""
     for cls in type(error).__mro__:
         if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls]  # type: ignore[index]
+            return STATUS_BY_ERROR[cls]
     return 500

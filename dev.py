@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Bootstrap and run satapi: `python3 dev.py serve [satapi serve options]` or `python3 dev.py test`.
+
+Creates `.venv` beside this file on first use, installs the package (with its test tools) into it,
+re-installs when pyproject.toml changes, then runs the command inside it. Needs only Python 3.11+.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("SATAPI_VENV", ROOT / ".venv"))
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / "python"
+
+
+def _ensure_env(extras: str) -> None:
+    if not PY.exists():
+        print(f"dev.py: creating virtual environment in {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    stamp = VENV / f".satapi-installed-{extras or 'base'}"
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    print(f"dev.py: installing satapi[{extras}] into {VENV}", flush=True)
+    subprocess.run([PY, "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
+    target = f".[{extras}]" if extras else "."
+    subprocess.run([PY, "-m", "pip", "install", "-q", "-e", target], cwd=ROOT, check=True)
+    stamp.write_text(digest)
+
+
+def _run(cmd: list[str | Path]) -> int:
+    print("dev.py: $ " + " ".join(str(c) for c in cmd), flush=True)
+    return subprocess.run(cmd, cwd=ROOT).returncode
+
+
+def test(args: list[str]) -> int:
+    """Lint, format check, type check, then the whole pytest suite."""
+    _ensure_env("test")
+    for step in (
+        [BIN / "ruff", "check", "."],
+        [BIN / "ruff", "format", "--check", "."],
+        [BIN / "mypy"],
+    ):
+        if code := _run(step):
+            return code
+    return _run([BIN / "pytest", *args])
+
+
+def serve(args: list[str]) -> int:
+    """Run the service (`satapi serve`), passing the options through."""
+    _ensure_env("")
+    os.execv(BIN / "satapi", [str(BIN / "satapi"), "serve", *args])
+    return 0  # not reached
+
+
+def bench(args: list[str]) -> int:
+    """Run the benchmark (`python -m bench`)."""
+    _ensure_env("test,bench")
+    return _run([PY, "-m", "bench", *args])
+
+
+COMMANDS = {"serve": serve, "test": test, "bench": bench}
+
+if __name__ == "__main__":
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file runs before any environment exists
+        sys.exit(f"satapi needs Python 3.11 or newer, not {sys.version.split()[0]}")
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: python3 {Path(__file__).name} {{{'|'.join(COMMANDS)}}} [args...]")
+    sys.exit(COMMANDS[sys.argv[1]](sys.argv[2:]))

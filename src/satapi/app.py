@@ -1,0 +1,168 @@
+"""The application factory: `create_app(settings)` and the lifespan that owns shared resources."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx2
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from satapi import __version__
+from satapi.app_state import Resources
+from satapi.config import Settings, load_settings
+from satapi.cpu import CpuRunner
+from satapi.handlers import add_exception_handlers
+from satapi.imagery import ImageService
+from satapi.limits import LocalLimiter
+from satapi.logs import setup_logging
+from satapi.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from satapi.models import ErrorResponse
+from satapi.routers import health, images, providers
+from satapi.storage import AnalysisStore, LocalImageStore
+from satapi.urlpolicy import UrlPolicy
+from satapi.wms_client import RetryPolicy, WMSClient
+
+log = logging.getLogger("satapi")
+
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "The request asks for something not allowed (e.g. a URL outside the allow-list).",
+        401: "A valid API key is required.",
+        404: "Unknown provider, image or analysis.",
+        413: "The request body is too large.",
+        422: "The request is invalid; `error` says which field and why.",
+        502: "The WMS server or the AI provider failed.",
+        503: "Overloaded; retry after the `Retry-After` header's seconds.",
+        504: "The WMS server did not answer in time.",
+    }.items()
+}
+
+
+def make_http_client(settings: Settings) -> httpx2.AsyncClient:
+    """The one HTTP client for WMS servers: pool sized to the cap, explicit timeouts."""
+    return httpx2.AsyncClient(
+        timeout=httpx2.Timeout(
+            connect=settings.wms_connect_timeout_s,
+            read=settings.wms_read_timeout_s,
+            write=settings.wms_read_timeout_s,
+            pool=settings.wms_total_timeout_s,
+        ),
+        limits=httpx2.Limits(
+            max_connections=settings.max_concurrent_wms,
+            max_keepalive_connections=settings.max_concurrent_wms,
+        ),
+        follow_redirects=False,
+        headers={"User-Agent": f"satapi/{__version__}"},
+        trust_env=False,
+    )
+
+
+@asynccontextmanager
+async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+    """Open the shared resources, and close them however the block ends."""
+    cpu = CpuRunner(settings.cpu_threads)
+    store = LocalImageStore(settings.data_dir, max_bytes=settings.store_max_bytes)
+    await store.start()
+    limiter = LocalLimiter(
+        settings.max_concurrent_wms,
+        {name: p.max_concurrency for name, p in settings.providers.items()},
+        max_waiting=settings.max_waiting,
+        min_intervals={name: p.min_interval_s for name, p in settings.providers.items()},
+    )
+    policy = UrlPolicy(settings.providers, settings.allowed_hosts)
+    http = make_http_client(settings)
+    client = WMSClient(
+        http,
+        limiter,
+        providers=settings.providers,
+        policy=policy,
+        cpu=cpu,
+        max_bytes=settings.max_image_bytes,
+        total_timeout_s=settings.wms_total_timeout_s,
+        retry=RetryPolicy(
+            attempts=settings.retry_attempts,
+            wait_initial=settings.retry_wait_initial_s,
+            wait_max=settings.retry_wait_max_s,
+        ),
+        secrets=settings.secrets,
+        capabilities_ttl_s=settings.capabilities_ttl_s,
+    )
+    service = ImageService(
+        client,
+        store,
+        cpu,
+        policy,
+        default_provider=settings.default_provider,
+        max_px=settings.max_image_px,
+        cache_ttl_s=settings.cache_ttl_s,
+    )
+    try:
+        yield Resources(
+            settings=settings,
+            http=http,
+            limiter=limiter,
+            cpu=cpu,
+            store=store,
+            analyses=AnalysisStore(settings.data_dir),
+            images=service,
+        )
+    finally:
+        await http.aclose()
+        await store.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application from `settings` (read from the environment when None)."""
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_resources(settings) as resources:
+            app.state.resources = resources
+            log.info(
+                "satapi %s ready: default provider %s, data in %s",
+                __version__,
+                settings.default_provider,
+                settings.data_dir,
+            )
+            try:
+                yield
+            finally:
+                # Let background work see the shutdown before the client closes.
+                await asyncio.sleep(0)
+
+    app = FastAPI(
+        title="satapi",
+        version=__version__,
+        summary="Satellite imagery from WMS servers, analysed by Claude or a local pixel analyzer.",
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
+    )
+    app.state.settings = settings
+    add_exception_handlers(app)
+    app.include_router(health.router)
+    app.include_router(providers.router)
+    app.include_router(images.router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "ETag", "Retry-After"],
+        )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The uvicorn factory used by `satapi serve`: settings from the environment, logging set up."""
+    settings = load_settings()
+    setup_logging(settings.log_format, settings.log_level, settings.secrets)
+    return create_app(settings)

@@ -1,0 +1,26 @@
+"""The shared resources a running app holds (created by the lifespan in `satapi.app`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx2
+
+from satapi.config import Settings
+from satapi.cpu import CpuRunner
+from satapi.imagery import ImageService
+from satapi.limits import LocalLimiter
+from satapi.storage import AnalysisStore, LocalImageStore
+
+
+@dataclass
+class Resources:
+    """Everything the routes share, created by the lifespan and closed on shutdown."""
+
+    settings: Settings
+    http: httpx2.AsyncClient
+    limiter: LocalLimiter
+    cpu: CpuRunner
+    store: LocalImageStore
+    analyses: AnalysisStore
+    images: ImageService

@@ -1,0 +1,63 @@
+"""The `satapi` command: `satapi serve [--host --port --workers --reload]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import uvicorn
+
+from satapi import __version__
+from satapi.config import SettingsError, load_settings
+from satapi.logs import setup_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="satapi", description="Satellite imagery analysis API.")
+    parser.add_argument("--version", action="version", version=f"satapi {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP service (uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--reload", action="store_true", help="restart on code changes (dev)")
+    serve.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        help="seconds in-flight requests get to finish on SIGTERM (default 30)",
+    )
+    sub.add_parser("check-config", help="validate the settings and print them (secrets hidden)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `satapi` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"satapi: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(settings.model_dump_json(indent=2))
+        return 0
+    setup_logging(settings.log_format, settings.log_level, settings.secrets)
+    uvicorn.run(
+        "satapi.app:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers if not args.reload else None,
+        reload=args.reload,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=args.graceful_timeout,
+        proxy_headers=False,
+        server_header=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Settings: one `Settings` object from defaults, an optional TOML file and `SATAPI_*` variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV_VAR = "SATAPI_CONFIG"
+
+GIBS_URL = "https://gibs.earthdata.nasa.gov/wms/epsg4326/best/wms.cgi"
+EOX_URL = "https://tiles.maps.eox.at/wms"
+EOX_ATTRIBUTION = (
+    "Sentinel-2 cloudless - https://s2maps.eu by EOX IT Services GmbH "
+    "(Contains modified Copernicus Sentinel data)"
+)
+
+
+class ProviderConfig(BaseModel):
+    """One WMS server the service fetches from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(description="The GetMap/GetCapabilities endpoint, without a query string.")
+    version: Literal["1.1.1", "1.3.0"] = "1.3.0"
+    default_layer: str
+    title: str | None = None
+    attribution: str | None = None
+    max_concurrency: int = Field(default=8, ge=1, le=1000)
+    min_interval_s: float = Field(default=0.0, ge=0.0, le=60.0)
+    params: dict[str, str] = Field(default_factory=dict)
+    secret_params: dict[str, SecretStr] = Field(default_factory=dict)
+    enabled: bool = Field(default=True, description="false removes a built-in provider.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL with a host")
+        if parts.username or parts.password:
+            raise ValueError("must not contain credentials; use secret_params")
+        if parts.query or parts.fragment:
+            raise ValueError("must not contain a query string; use params")
+        return value
+
+    @property
+    def origin(self) -> tuple[str, str, int]:
+        """(scheme, host, port) of the endpoint, with the scheme's default port filled in."""
+        return url_origin(self.url)
+
+
+def url_origin(url: str) -> tuple[str, str, int]:
+    """(scheme, lower-case host, port) of an absolute URL; ValueError if it has none."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if not scheme or not host:
+        raise ValueError(f"not an absolute URL: {url!r}")
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, host, port
+
+
+def builtin_providers() -> dict[str, ProviderConfig]:
+    """The public, keyless providers the service knows out of the box."""
+    return {
+        "gibs": ProviderConfig(
+            url=GIBS_URL,
+            version="1.3.0",
+            default_layer="MODIS_Terra_CorrectedReflectance_TrueColor",
+            title="NASA GIBS (EPSG:4326, best)",
+            attribution="NASA EOSDIS GIBS",
+            max_concurrency=8,
+        ),
+        "eox": ProviderConfig(
+            url=EOX_URL,
+            version="1.3.0",
+            default_layer="s2cloudless-2023",
+            title="EOX Sentinel-2 cloudless",
+            attribution=EOX_ATTRIBUTION,
+            max_concurrency=4,
+        ),
+    }
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every tunable of the service. Environment (`SATAPI_<NAME>`) wins over the TOML file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SATAPI_",
+        extra="forbid",
+        validate_default=True,
+        populate_by_name=True,
+    )
+
+    data_dir: Path = Path("data")
+    default_provider: str = "gibs"
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+
+    max_concurrent_wms: int = Field(default=20, ge=1, le=10_000)
+    max_waiting: int = Field(default=1000, ge=0, le=1_000_000)
+    wms_connect_timeout_s: float = Field(default=5.0, gt=0)
+    wms_read_timeout_s: float = Field(default=30.0, gt=0)
+    wms_total_timeout_s: float = Field(default=120.0, gt=0)
+    max_image_px: int = Field(default=4096, ge=16, le=16384)
+    max_image_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    retry_attempts: int = Field(default=3, ge=1, le=10)
+    retry_wait_initial_s: float = Field(default=0.5, ge=0)
+    retry_wait_max_s: float = Field(default=10.0, ge=0)
+    cache_ttl_s: float = Field(default=3600.0, ge=0)
+    store_max_bytes: int = Field(default=2 * 1024**3, ge=1024 * 1024)
+    capabilities_ttl_s: float = Field(default=3600.0, ge=0)
+
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    request_timeout_s: float = Field(default=300.0, gt=0)
+
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    anthropic_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "anthropic_api_key", "SATAPI_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"
+        ),
+    )
+    anthropic_base_url: str | None = None
+    anthropic_model: str = "claude-sonnet-5-5"
+    anthropic_max_retries: int = Field(default=2, ge=0, le=10)
+    ai_max_long_edge: int = Field(default=1568, ge=64, le=8000)
+    ai_max_pixels: int = Field(default=1_150_000, ge=4096)
+    ai_max_tokens: int = Field(default=1500, ge=16)
+
+    max_timeseries_dates: int = Field(default=24, ge=1, le=1000)
+    cpu_threads: int = Field(default=4, ge=1, le=64)
+
+    @field_validator("allowed_hosts", "cors_origins", "api_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        for item in value:
+            url_origin(item if "://" in item else f"https://{item}")
+        return value
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _merge_builtins(cls, value: Any) -> Any:
+        # The file or environment adds to and replaces the built-in providers;
+        # `enabled = false` removes one.
+        # A partial table for a built-in provider overrides just the fields it names.
+        merged: dict[str, Any] = dict(builtin_providers())
+        for name, override in dict(value or {}).items():
+            base = merged.get(name)
+            if isinstance(base, ProviderConfig) and isinstance(override, dict):
+                merged[name] = {**base.model_dump(exclude_defaults=True), **override}
+            else:
+                merged[name] = override
+        return merged
+
+    @field_validator("providers")
+    @classmethod
+    def _drop_disabled(cls, value: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
+        return {name: p for name, p in value.items() if p.enabled}
+
+    @model_validator(mode="after")
+    def _check_default_provider(self) -> Settings:
+        if self.default_provider not in self.providers:
+            known = ", ".join(sorted(self.providers)) or "none"
+            raise ValueError(
+                f"default_provider {self.default_provider!r} is not a configured provider "
+                f"(configured: {known})"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Order of precedence: arguments, environment, the SATAPI_CONFIG TOML file."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_path = os.environ.get(CONFIG_ENV_VAR)
+        if config_path:
+            path = Path(config_path)
+            if not path.is_file():
+                raise SettingsError(f"{CONFIG_ENV_VAR}: no such file: {config_path}")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every secret value, for redaction."""
+        values = [key.get_secret_value() for key in self.api_keys]
+        if self.anthropic_api_key is not None:
+            values.append(self.anthropic_api_key.get_secret_value())
+        for provider in self.providers.values():
+            values.extend(v.get_secret_value() for v in provider.secret_params.values())
+        return [v for v in values if v]
+
+
+class SettingsError(Exception):
+    """A setting is invalid; the message names the field."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build `Settings`, turning a validation failure into one readable `SettingsError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False, include_input=False):
+            field = ".".join(str(part) for part in err["loc"]) or "settings"
+            lines.append(f"{field}: {err['msg']}")
+        raise SettingsError("invalid setting " + "; ".join(lines)) from None
+    except (ValueError, OSError) as exc:
+        raise SettingsError(f"invalid settings: {exc}") from None

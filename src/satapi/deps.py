@@ -1,0 +1,76 @@
+"""Typed dependencies: how routes reach the shared resources and check API keys."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from satapi.app_state import Resources
+from satapi.config import Settings
+from satapi.errors import Unauthorized
+from satapi.imagery import ImageService
+from satapi.storage import AnalysisStore, LocalImageStore
+
+
+def get_resources(request: Request) -> Resources:
+    """The resources the lifespan opened."""
+    resources: Resources = request.app.state.resources
+    return resources
+
+
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+
+
+def get_settings(resources: ResourcesDep) -> Settings:
+    """The app's settings."""
+    return resources.settings
+
+
+def get_images(resources: ResourcesDep) -> ImageService:
+    """The image service (store + WMS client)."""
+    return resources.images
+
+
+def get_store(resources: ResourcesDep) -> LocalImageStore:
+    """The image store."""
+    return resources.store
+
+
+def get_analyses(resources: ResourcesDep) -> AnalysisStore:
+    """The analysis result store."""
+    return resources.analyses
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ImagesDep = Annotated[ImageService, Depends(get_images)]
+StoreDep = Annotated[LocalImageStore, Depends(get_store)]
+AnalysesDep = Annotated[AnalysisStore, Depends(get_analyses)]
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from SATAPI_API_KEYS.")
+_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
+
+
+def require_api_key(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    header: Annotated[str | None, Depends(_header)],
+) -> None:
+    """When API keys are configured, accept only a request that carries one of them."""
+    keys = request.app.state.settings.api_keys
+    if not keys:
+        return
+    given = bearer.credentials if bearer is not None else header
+    if not given:
+        raise Unauthorized(
+            "An API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`."
+        )
+    candidate = given.encode()
+    # Compare against every key, without stopping early, in constant time per key.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(candidate, key.get_secret_value().encode())
+    if not matched:
+        raise Unauthorized("The API key is not valid.")

@@ -1,0 +1,192 @@
+"""Getting an image: from the store if present, else one shared download, verified, stored."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from satapi.cpu import CpuRunner
+from satapi.errors import InvalidRequest
+from satapi.imaging import verify_image
+from satapi.storage import ImageRecord, ImageStore
+from satapi.urlpolicy import UrlPolicy
+from satapi.wms_client import FetchTarget, GetMapRequest, WMSClient, build_target, target_from_url
+
+StageCallback = Callable[[str], None]
+
+
+@dataclass(kw_only=True)
+class FetchedImage:
+    """An image ready in the store, and how it got there."""
+
+    record: ImageRecord
+    cached: bool = False  # it was already in the store
+    shared: bool = False  # it came from another request's download
+    queue_wait_s: float = 0.0
+    download_s: float = 0.0
+
+
+@dataclass
+class _Flight:
+    task: asyncio.Task[FetchedImage]
+    waiters: int = 0
+    transferring: bool = False
+    listeners: list[StageCallback] = field(default_factory=list)
+
+    def stage(self, name: str) -> None:
+        if name == "downloading":
+            self.transferring = True
+        for listener in list(self.listeners):
+            listener(name)
+
+
+class ImageService:
+    """Turns image requests into stored images, downloading each distinct request once."""
+
+    def __init__(
+        self,
+        client: WMSClient,
+        store: ImageStore,
+        cpu: CpuRunner,
+        policy: UrlPolicy,
+        *,
+        default_provider: str,
+        max_px: int,
+        cache_ttl_s: float,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self._cpu = cpu
+        self._policy = policy
+        self.default_provider = default_provider
+        self.max_px = max_px
+        self._cache_ttl_s = cache_ttl_s
+        self._flights: dict[str, _Flight] = {}
+
+    # -- targets --------------------------------------------------------------------------------
+
+    def target(self, provider: str | None, req: GetMapRequest) -> FetchTarget:
+        """The download for `req` on `provider` (default provider when None), validated."""
+        name = provider or self.default_provider
+        config = self.client.provider(name)
+        for side, value in (("width", req.width), ("height", req.height)):
+            if not 1 <= value <= self.max_px:
+                raise InvalidRequest(f"{side} must be between 1 and {self.max_px} pixels.")
+        return build_target(name, config, req)
+
+    def target_for_url(self, url: str) -> FetchTarget:
+        """The download for an old client's complete GetMap URL, if its host is allowed."""
+        return target_from_url(url, self._policy, max_px=self.max_px)
+
+    # -- fetching -------------------------------------------------------------------------------
+
+    async def fetch(
+        self, target: FetchTarget, on_stage: StageCallback | None = None
+    ) -> FetchedImage:
+        """The stored image for `target`: a cache hit, a shared download, or a new download.
+
+        If every caller waiting for a download is cancelled, the download is cancelled too.
+        """
+        image_id = target.image_id
+        record = await self.store.get(image_id)
+        if record is not None:
+            return FetchedImage(record=record, cached=True)
+        flight = self._flights.get(image_id)
+        shared = flight is not None
+        if flight is None:
+            flight = self._start(target)
+        if on_stage is not None:
+            flight.listeners.append(on_stage)
+            if flight.transferring:
+                on_stage("downloading")
+        flight.waiters += 1
+        try:
+            result = await asyncio.shield(flight.task)
+        finally:
+            flight.waiters -= 1
+            if on_stage is not None:
+                with contextlib.suppress(ValueError):
+                    flight.listeners.remove(on_stage)
+            if flight.waiters == 0 and not flight.task.done():
+                flight.task.cancel()
+        if shared:
+            return FetchedImage(
+                record=result.record,
+                shared=True,
+                queue_wait_s=result.queue_wait_s,
+                download_s=result.download_s,
+            )
+        return result
+
+    def _start(self, target: FetchTarget) -> _Flight:
+        image_id = target.image_id
+        flight: _Flight
+        task = asyncio.create_task(self._download(target, lambda s: flight.stage(s)))
+        flight = _Flight(task=task)
+        self._flights[image_id] = flight
+
+        def _done(t: asyncio.Task[FetchedImage]) -> None:
+            if self._flights.get(image_id) is flight:
+                del self._flights[image_id]
+            if not t.cancelled():
+                t.exception()  # retrieved here so an unawaited failure is not logged as lost
+
+        task.add_done_callback(_done)
+        return flight
+
+    async def _download(self, target: FetchTarget, stage: StageCallback) -> FetchedImage:
+        started = time.perf_counter()
+        writer = await self.store.open_writer(target.image_id)
+        try:
+            stats = await self.client.download(
+                target, writer, on_transfer=lambda: stage("downloading")
+            )
+            await writer.finish()
+            info = await self._cpu.run(
+                verify_image,
+                writer.temp_path,
+                expected_size=target.expected_size,
+                max_pixels=self.max_px * self.max_px,
+            )
+            req = target.request
+            now = time.time()
+            record = ImageRecord(
+                id=target.image_id,
+                content_type=info.content_type,
+                bytes=writer.bytes_written,
+                width=info.width,
+                height=info.height,
+                provider=target.source,
+                layer=req.layer if req else _param(target, "LAYERS"),
+                bbox=list(req.bbox) if req else None,
+                crs=req.crs if req else (_param(target, "CRS") or _param(target, "SRS")),
+                time=req.time if req else _param(target, "TIME"),
+                fetched_at=now,
+                expires_at=None if target.has_time else now + self._cache_ttl_s,
+                source_url=target.url(redacted=True),
+                attribution=target.attribution,
+            )
+            await writer.commit(record)
+        finally:
+            await writer.abort()
+        stage("downloaded")
+        return FetchedImage(
+            record=record,
+            queue_wait_s=stats.queue_wait_s,
+            download_s=time.perf_counter() - started - stats.queue_wait_s,
+        )
+
+    @property
+    def downloads_in_progress(self) -> int:
+        """Distinct downloads running now."""
+        return len(self._flights)
+
+
+def _param(target: FetchTarget, name: str) -> str | None:
+    for key, value in target.params:
+        if key.upper() == name:
+            return value
+    return None

@@ -1,0 +1,235 @@
+"""The API's request and response schemas (pydantic), with descriptions and examples for /docs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from satapi.storage import ImageRecord
+from satapi.wms_client import GetMapRequest
+
+TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?$"
+LAYER_PATTERN = r"^[A-Za-z0-9_.:,\-/ ]{1,256}$"
+
+EXAMPLE_BBOX = [-10.0, 35.0, 5.0, 44.0]
+EXAMPLE_LAYER = "MODIS_Terra_CorrectedReflectance_TrueColor"
+
+Time = Annotated[
+    str,
+    Field(
+        pattern=TIME_PATTERN,
+        description="ISO 8601 date or date-time sent as the WMS TIME parameter.",
+        examples=["2024-06-01"],
+    ),
+]
+
+
+class ImageFields(BaseModel):
+    """Which map image to fetch: provider, layer, area, date and size."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str | None = Field(
+        default=None,
+        max_length=64,
+        description="A configured provider (see GET /api/providers); the default one if omitted.",
+        examples=["gibs"],
+    )
+    layer: str | None = Field(
+        default=None,
+        pattern=LAYER_PATTERN,
+        description="WMS layer name; the provider's default layer if omitted.",
+        examples=[EXAMPLE_LAYER],
+    )
+    bbox: list[float] | None = Field(
+        default=None,
+        min_length=4,
+        max_length=4,
+        description=(
+            "minx, miny, maxx, maxy. For EPSG:4326 and CRS:84 always longitude/latitude order; "
+            "the service writes the axis order each WMS version expects."
+        ),
+        examples=[EXAMPLE_BBOX],
+    )
+    crs: str = Field(
+        default="EPSG:4326",
+        pattern=r"^(EPSG:\d{3,6}|CRS:84)$",
+        description="Coordinate reference system of the bbox.",
+        examples=["EPSG:4326"],
+    )
+    width: int = Field(default=512, ge=1, le=16384, description="Image width in pixels.")
+    height: int = Field(default=512, ge=1, le=16384, description="Image height in pixels.")
+    format: Literal["image/png", "image/jpeg"] = Field(default="image/png")
+    style: str | None = Field(default=None, max_length=256, pattern=LAYER_PATTERN)
+
+    def getmap(self, default_layer: str, *, time: str | None = None) -> GetMapRequest:
+        """The domain request, with the provider's default layer filled in."""
+        assert self.bbox is not None
+        return GetMapRequest(
+            layer=self.layer or default_layer,
+            bbox=(self.bbox[0], self.bbox[1], self.bbox[2], self.bbox[3]),
+            crs=self.crs,
+            width=self.width,
+            height=self.height,
+            format=self.format,
+            time=time,
+            style=self.style or "",
+        )
+
+
+class ImageRequest(ImageFields):
+    """An image request: the fields below, or (for old clients) a complete `wms_url`."""
+
+    time: Time | None = None
+    wms_url: str | None = Field(
+        default=None,
+        max_length=4096,
+        description=(
+            "A complete GetMap URL (old clients). Accepted only when its scheme, host and port "
+            "belong to a configured provider or an allowed host; then the other fields are ignored."
+        ),
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "provider": "gibs",
+                    "layer": EXAMPLE_LAYER,
+                    "bbox": list(EXAMPLE_BBOX),
+                    "time": "2024-06-01",
+                    "width": 512,
+                    "height": 512,
+                    "format": "image/png",
+                }
+            ]
+        },
+    )
+
+    @model_validator(mode="after")
+    def _bbox_or_url(self) -> ImageRequest:
+        if self.wms_url is None and self.bbox is None:
+            raise ValueError("give either bbox (with the other image fields) or wms_url")
+        return self
+
+
+class ImageMeta(BaseModel):
+    """A stored image and where it came from."""
+
+    id: str = Field(description="sha256 of the canonical GetMap request.")
+    url: str = Field(description="Where to GET the image bytes.")
+    content_type: str
+    width: int
+    height: int
+    bytes: int
+    cached: bool = Field(description="True when no download was needed.")
+    provider: str | None
+    layer: str | None
+    bbox: list[float] | None
+    time: str | None
+    attribution: str | None
+
+    @classmethod
+    def from_record(cls, record: ImageRecord, *, cached: bool) -> ImageMeta:
+        """The public view of a store record."""
+        return cls(
+            id=record.id,
+            url=f"/api/images/{record.id}",
+            content_type=record.content_type,
+            width=record.width,
+            height=record.height,
+            bytes=record.bytes,
+            cached=cached,
+            provider=record.provider,
+            layer=record.layer,
+            bbox=record.bbox,
+            time=record.time,
+            attribution=record.attribution,
+        )
+
+
+class ImageTimings(BaseModel):
+    """Where the time went, in seconds."""
+
+    queue_wait_s: float = 0.0
+    download_s: float = 0.0
+    total_s: float = 0.0
+
+
+class ImageResponse(BaseModel):
+    """The answer to POST /api/images."""
+
+    success: Literal[True] = True
+    image: ImageMeta
+    timings: ImageTimings
+
+
+class StoredImageMeta(BaseModel):
+    """The full metadata record of a stored image."""
+
+    success: Literal[True] = True
+    image: ImageMeta
+    fetched_at: float
+    expires_at: float | None
+    crs: str | None
+    source_url: str | None = Field(description="The GetMap URL, secrets redacted.")
+    kind: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error has this shape."""
+
+    model_config = ConfigDict(extra="allow")
+
+    success: Literal[False] = False
+    error: str = Field(description="A human sentence saying what went wrong.")
+    code: str = Field(description="Machine-readable error code.", examples=["invalid_bbox"])
+    request_id: str | None = None
+
+
+class ProviderInfo(BaseModel):
+    """A configured WMS provider (secrets redacted)."""
+
+    name: str
+    title: str | None
+    url: str
+    version: str
+    default_layer: str
+    max_concurrency: int
+    attribution: str | None
+    default: bool
+
+
+class ProvidersResponse(BaseModel):
+    """The answer to GET /api/providers."""
+
+    success: Literal[True] = True
+    providers: list[ProviderInfo]
+
+
+class LayerOut(BaseModel):
+    """A layer from the provider's capabilities."""
+
+    name: str
+    title: str | None
+    crs: list[str]
+    bbox: list[float] | None
+    times: list[str]
+    default_time: str | None
+
+
+class LayersResponse(BaseModel):
+    """The answer to GET /api/providers/{name}/layers."""
+
+    success: Literal[True] = True
+    provider: str
+    layers: list[LayerOut]
+
+
+class HealthResponse(BaseModel):
+    """Liveness or readiness."""
+
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,106 @@
+"""POST /api/images (fetch or reuse a map image); GET /api/images/{id} (bytes, metadata)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path
+from fastapi.responses import Response, StreamingResponse
+
+from satapi.deps import ImagesDep, StoreDep, require_api_key
+from satapi.errors import NotFound
+from satapi.imagery import FetchedImage, ImageService
+from satapi.models import ImageMeta, ImageRequest, ImageResponse, ImageTimings, StoredImageMeta
+from satapi.storage import ID_PATTERN, ImageRecord, LocalImageStore
+from satapi.wms_client import FetchTarget
+
+router = APIRouter(prefix="/api/images", tags=["images"], dependencies=[Depends(require_api_key)])
+
+ImageId = Annotated[
+    str, Path(pattern=ID_PATTERN, description="Image id: 64 lower-case hex characters.")
+]
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def target_for(images: ImageService, body: ImageRequest) -> FetchTarget:
+    """The download an image request stands for (fields or an allowed `wms_url`)."""
+    if body.wms_url is not None:
+        return images.target_for_url(body.wms_url)
+    provider = images.client.provider(body.provider or images.default_provider)
+    return images.target(body.provider, body.getmap(provider.default_layer, time=body.time))
+
+
+def image_meta(fetched: FetchedImage) -> ImageMeta:
+    """The public metadata of a fetched image."""
+    return ImageMeta.from_record(fetched.record, cached=fetched.cached)
+
+
+@router.post(
+    "", summary="Fetch a map image (or reuse the stored one)", response_model=ImageResponse
+)
+async def fetch_image(body: ImageRequest, images: ImagesDep) -> ImageResponse:
+    """Download the GetMap image once, store it by the request's hash, and return its metadata.
+
+    An identical request is served from the store; identical concurrent requests share one
+    download.
+    """
+    started = time.perf_counter()
+    fetched = await images.fetch(target_for(images, body))
+    return ImageResponse(
+        image=image_meta(fetched),
+        timings=ImageTimings(
+            queue_wait_s=round(fetched.queue_wait_s, 4),
+            download_s=round(fetched.download_s, 4),
+            total_s=round(time.perf_counter() - started, 4),
+        ),
+    )
+
+
+async def _record(store: LocalImageStore, image_id: str) -> ImageRecord:
+    record = await store.get(image_id)
+    if record is None:
+        raise NotFound(f"No stored image has the id {image_id}.")
+    return record
+
+
+@router.get(
+    "/{image_id}",
+    summary="Get a stored image's bytes",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"image/png": {}, "image/jpeg": {}}, "description": "The image."},
+        304: {"description": "Not modified (If-None-Match matched the ETag)."},
+    },
+)
+async def get_image(
+    image_id: ImageId,
+    store: StoreDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Stream the image with an ETag; it never changes, so caches may keep it for a year."""
+    record = await _record(store, image_id)
+    etag = f'"{record.id}"'
+    headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
+    if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")} | {"*"}:
+        return Response(status_code=304, headers=headers)
+    headers["Content-Length"] = str(record.bytes)
+    return StreamingResponse(
+        store.iter_bytes(record), media_type=record.content_type, headers=headers
+    )
+
+
+@router.get(
+    "/{image_id}/meta", summary="Get a stored image's metadata", response_model=StoredImageMeta
+)
+async def get_image_meta(image_id: ImageId, store: StoreDep) -> StoredImageMeta:
+    """The stored record: size, source (secrets redacted), when it was fetched and expires."""
+    record = await _record(store, image_id)
+    return StoredImageMeta(
+        image=ImageMeta.from_record(record, cached=True),
+        fetched_at=record.fetched_at,
+        expires_at=record.expires_at,
+        crs=record.crs,
+        source_url=record.source_url,
+        kind=record.kind,
+    )

@@ -1,0 +1,420 @@
+"""The content-addressed image store and the analysis result store, on local files via aiofiles."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from time import time as _now
+from typing import Any, Protocol
+
+import aiofiles
+import aiofiles.os
+
+from satapi.errors import InvalidRequest
+
+log = logging.getLogger("satapi.storage")
+
+ID_PATTERN = r"^[0-9a-f]{64}$"
+_ID_RE = re.compile(ID_PATTERN)
+TEMP_PREFIX = ".tmp-"
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}
+CHUNK = 64 * 1024
+
+
+def check_id(value: str) -> str:
+    """Return `value` if it is a well-formed id (64 lower-case hex digits), else raise."""
+    if not _ID_RE.fullmatch(value):
+        raise InvalidRequest("An id is 64 lower-case hexadecimal characters.")
+    return value
+
+
+@dataclass(kw_only=True)
+class ImageRecord:
+    """What the store knows of one image, kept beside it as JSON."""
+
+    id: str
+    content_type: str
+    bytes: int
+    width: int
+    height: int
+    provider: str | None = None
+    layer: str | None = None
+    bbox: list[float] | None = None
+    crs: str | None = None
+    time: str | None = None
+    fetched_at: float = field(default_factory=_now)
+    expires_at: float | None = None
+    source_url: str | None = None  # secrets already redacted
+    attribution: str | None = None
+    kind: str = "wms"  # "wms", or "derived" for images the service made (change masks)
+
+    def expired(self, now: float | None = None) -> bool:
+        """True when the record has a TTL that has passed."""
+        return self.expires_at is not None and (now or _now()) >= self.expires_at
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImageRecord:
+        """Build a record from its JSON form, ignoring unknown keys."""
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class ImageWriter(Protocol):
+    """A temporary, invisible file that becomes an image only on `commit`."""
+
+    temp_path: Path
+    bytes_written: int
+
+    async def write(self, chunk: bytes) -> None:
+        """Append a chunk."""
+        ...
+
+    async def reset(self) -> None:
+        """Drop what was written (before a retry)."""
+        ...
+
+    async def finish(self) -> None:
+        """Flush and close the temporary file so it can be read (verified) before commit."""
+        ...
+
+    async def commit(self, record: ImageRecord) -> None:
+        """Make the image and its record visible, atomically."""
+        ...
+
+    async def abort(self) -> None:
+        """Remove the temporary file."""
+        ...
+
+
+class ImageStore(Protocol):
+    """Where images live; a shared backend (an S3-compatible store) can replace the local one."""
+
+    async def start(self) -> None:
+        """Prepare the store (directories, index, clean-up of leftovers)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop background work."""
+        ...
+
+    async def get(self, image_id: str) -> ImageRecord | None:
+        """The record of a present, unexpired image, or None."""
+        ...
+
+    async def open_writer(self, image_id: str) -> ImageWriter:
+        """A writer for a new version of `image_id` (its type is settled by the record)."""
+        ...
+
+    async def put_bytes(self, record: ImageRecord, data: bytes) -> None:
+        """Store a whole image the service made itself."""
+        ...
+
+    def iter_bytes(self, record: ImageRecord) -> AsyncIterator[bytes]:
+        """The image's bytes, in chunks."""
+        ...
+
+    async def read_bytes(self, record: ImageRecord) -> bytes:
+        """The image's bytes, whole (for analysis)."""
+        ...
+
+    async def writable(self) -> bool:
+        """True when a file can be written now."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """`bytes`, `files` and `evictions`."""
+        ...
+
+
+class _LocalWriter:
+    def __init__(self, store: LocalImageStore, image_id: str) -> None:
+        self._store = store
+        self.image_id = image_id
+        self.temp_path = store.meta_path(image_id).with_name(
+            f"{TEMP_PREFIX}{image_id}-{uuid.uuid4().hex}"
+        )
+        self.bytes_written = 0
+        self._file: Any = None
+        self._done = False
+
+    async def _open(self) -> None:
+        await aiofiles.os.makedirs(self.temp_path.parent, exist_ok=True)
+        self._file = await aiofiles.open(self.temp_path, "wb")
+
+    async def write(self, chunk: bytes) -> None:
+        await self._file.write(chunk)
+        self.bytes_written += len(chunk)
+
+    async def reset(self) -> None:
+        await self._file.seek(0)
+        await self._file.truncate()
+        self.bytes_written = 0
+
+    async def finish(self) -> None:
+        if not self._file.closed:
+            await self._file.flush()
+            await self._file.close()
+
+    async def commit(self, record: ImageRecord) -> None:
+        await self.finish()
+        meta_path = self._store.meta_path(self.image_id)
+        meta_temp = meta_path.with_name(f"{TEMP_PREFIX}{self.image_id}-{uuid.uuid4().hex}.json")
+        try:
+            async with aiofiles.open(meta_temp, "w") as f:
+                await f.write(json.dumps(asdict(record)))
+            # Image first, record last: a record never points at a missing image. The final name
+            # follows the type the bytes turned out to have.
+            final_path = self._store.image_path(self.image_id, record.content_type)
+            await aiofiles.os.replace(self.temp_path, final_path)
+            await aiofiles.os.replace(meta_temp, meta_path)
+        except BaseException:
+            await _remove_quietly(meta_temp)
+            await _remove_quietly(self.temp_path)
+            raise
+        self._done = True
+        self._store._remember(record)
+
+    async def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                await self._file.close()
+        await _remove_quietly(self.temp_path)
+
+
+async def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        await aiofiles.os.remove(path)
+
+
+class LocalImageStore:
+    """Images under `<root>/images/<2 hex>/<id>.<ext>` with `<id>.json` records beside them.
+
+    Writes go to a temporary file in the same directory and are renamed into place, so no partial
+    file is ever visible. The store is held under `max_bytes` by evicting the least recently used
+    images in a background task.
+    """
+
+    def __init__(self, root: Path, *, max_bytes: int, evict_interval_s: float = 30.0) -> None:
+        self.root = Path(root) / "images"
+        self.max_bytes = max_bytes
+        self._evict_interval_s = evict_interval_s
+        self._lru: OrderedDict[str, tuple[int, str]] = OrderedDict()  # id -> (bytes, content_type)
+        self._total = 0
+        self.evictions = 0
+        self._reading: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- paths ----------------------------------------------------------------------------------
+
+    def _dir(self, image_id: str) -> Path:
+        return self.root / check_id(image_id)[:2]
+
+    def image_path(self, image_id: str, content_type: str) -> Path:
+        """Where the image's bytes live."""
+        return self._dir(image_id) / f"{image_id}.{EXTENSIONS.get(content_type, 'bin')}"
+
+    def meta_path(self, image_id: str) -> Path:
+        """Where the image's record lives."""
+        return self._dir(image_id) / f"{image_id}.json"
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await aiofiles.os.makedirs(self.root, exist_ok=True)
+        entries = await asyncio.to_thread(self._scan)
+        for image_id, size, content_type in entries:
+            self._lru[image_id] = (size, content_type)
+            self._total += size
+        self._task = asyncio.create_task(self._evict_loop(), name="satapi-store-evict")
+        if self._total > self.max_bytes:
+            self._wake.set()
+
+    def _scan(self) -> list[tuple[str, int, str]]:
+        # Runs in a thread at start-up: removes leftover temp files and indexes what is there,
+        # oldest first so the LRU order starts from the records' ages.
+        found: list[tuple[float, str, int, str]] = []
+        for shard in self.root.iterdir():
+            if not shard.is_dir():
+                continue
+            for path in shard.iterdir():
+                if path.name.startswith(TEMP_PREFIX):
+                    path.unlink(missing_ok=True)
+                    log.info("removed leftover temp file %s", path.name)
+                elif path.suffix == ".json":
+                    try:
+                        record = ImageRecord.from_json(json.loads(path.read_text()))
+                        stamp = path.stat().st_mtime
+                    except (OSError, ValueError, TypeError):
+                        continue
+                    if self.image_path(record.id, record.content_type).exists():
+                        found.append((stamp, record.id, record.bytes, record.content_type))
+        found.sort()
+        return [(i, size, ct) for _, i, size, ct in found]
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def get(self, image_id: str) -> ImageRecord | None:
+        check_id(image_id)
+        try:
+            async with aiofiles.open(self.meta_path(image_id)) as f:
+                record = ImageRecord.from_json(json.loads(await f.read()))
+        except (FileNotFoundError, ValueError, TypeError):
+            return None
+        if record.expired():
+            return None
+        if not await aiofiles.os.path.exists(self.image_path(image_id, record.content_type)):
+            return None
+        self._touch(record)
+        return record
+
+    async def iter_bytes(self, record: ImageRecord) -> AsyncIterator[bytes]:
+        self._reading[record.id] = self._reading.get(record.id, 0) + 1
+        try:
+            async with aiofiles.open(self.image_path(record.id, record.content_type), "rb") as f:
+                while chunk := await f.read(CHUNK):
+                    yield chunk
+        finally:
+            self._reading[record.id] -= 1
+            if not self._reading[record.id]:
+                del self._reading[record.id]
+
+    async def read_bytes(self, record: ImageRecord) -> bytes:
+        async with aiofiles.open(self.image_path(record.id, record.content_type), "rb") as f:
+            data: bytes = await f.read()
+        return data
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    async def open_writer(self, image_id: str) -> ImageWriter:
+        writer = _LocalWriter(self, image_id)
+        await writer._open()
+        return writer
+
+    async def put_bytes(self, record: ImageRecord, data: bytes) -> None:
+        writer = await self.open_writer(record.id)
+        try:
+            await writer.write(data)
+            await writer.commit(record)
+        finally:
+            await writer.abort()
+
+    async def writable(self) -> bool:
+        probe = self.root / f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}"
+        try:
+            async with aiofiles.open(probe, "wb") as f:
+                await f.write(b"ok")
+            await aiofiles.os.remove(probe)
+        except OSError:
+            return False
+        return True
+
+    # -- accounting and eviction ------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        return {"bytes": self._total, "files": len(self._lru), "evictions": self.evictions}
+
+    def _touch(self, record: ImageRecord) -> None:
+        if record.id in self._lru:
+            self._lru.move_to_end(record.id)
+        else:
+            self._remember(record)
+
+    def _remember(self, record: ImageRecord) -> None:
+        old = self._lru.pop(record.id, None)
+        if old is not None:
+            self._total -= old[0]
+        self._lru[record.id] = (record.bytes, record.content_type)
+        self._total += record.bytes
+        if self._total > self.max_bytes:
+            self._wake.set()
+
+    async def _evict_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._evict_interval_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.evict()
+            except Exception:
+                log.exception("eviction failed")
+
+    async def evict(self) -> int:
+        """Remove least recently used images until the store fits `max_bytes`; returns the count."""
+        removed = 0
+        for image_id in list(self._lru):
+            if self._total <= self.max_bytes:
+                break
+            if image_id in self._reading:
+                continue
+            size, content_type = self._lru.pop(image_id)
+            self._total -= size
+            # Record first: without it the image is already invisible.
+            await _remove_quietly(self.meta_path(image_id))
+            await _remove_quietly(self.image_path(image_id, content_type))
+            removed += 1
+        self.evictions += removed
+        return removed
+
+
+class AnalysisStore:
+    """Analysis results as JSON files under `<root>/analyses/<2 hex>/<id>.json`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root) / "analyses"
+
+    def _path(self, analysis_id: str) -> Path:
+        return self.root / check_id(analysis_id)[:2] / f"{analysis_id}.json"
+
+    async def get(self, analysis_id: str) -> dict[str, Any] | None:
+        """The stored result, or None."""
+        try:
+            async with aiofiles.open(self._path(analysis_id)) as f:
+                data: dict[str, Any] = json.loads(await f.read())
+        except (FileNotFoundError, ValueError):
+            return None
+        return data
+
+    async def put(self, analysis_id: str, result: dict[str, Any]) -> None:
+        """Store a result atomically."""
+        path = self._path(analysis_id)
+        await aiofiles.os.makedirs(path.parent, exist_ok=True)
+        temp = path.with_name(f"{TEMP_PREFIX}{analysis_id}-{uuid.uuid4().hex}")
+        try:
+            async with aiofiles.open(temp, "w") as f:
+                await f.write(json.dumps(result))
+            await aiofiles.os.replace(temp, path)
+        except BaseException:
+            await _remove_quietly(temp)
+            raise
+
+
+def remove_temp_files(root: Path) -> int:
+    """Remove leftover temp files under `root` (blocking; for start-up and shutdown)."""
+    count = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if name.startswith(TEMP_PREFIX):
+                Path(dirpath, name).unlink(missing_ok=True)
+                count += 1
+    return count

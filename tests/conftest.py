@@ -1,0 +1,94 @@
+"""Shared fixtures. httpx2 is aliased as httpx before anything imports respx, so respx mocks it."""
+
+from __future__ import annotations
+
+import httpx2
+
+httpx2.alias_httpx()
+
+import io  # noqa: E402
+from collections.abc import AsyncIterator, Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import httpx  # noqa: E402
+import pytest  # noqa: E402
+import respx  # noqa: E402
+from asgi_lifespan import LifespanManager  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from satapi.app import create_app  # noqa: E402
+from satapi.config import Settings  # noqa: E402
+
+pytest_plugins = [
+    "tests.support.mapserver_plugin",
+    "tests.support.fake_anthropic_plugin",
+]
+
+WMS_URL = "http://wms.test/wms"
+
+
+def png_bytes(width: int, height: int, color: tuple[int, ...] = (34, 139, 34)) -> bytes:
+    """A solid PNG of the given size."""
+    buf = io.BytesIO()
+    Image.new("RGB" if len(color) == 3 else "RGBA", (width, height), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for a test app: data in tmp_path, one provider `test` at http://wms.test/wms."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "default_provider": "test",
+            "providers": {
+                "test": {
+                    "url": WMS_URL,
+                    "version": "1.3.0",
+                    "default_layer": "scene",
+                    "max_concurrency": 50,
+                }
+            },
+            "retry_wait_initial_s": 0.01,
+            "retry_wait_max_s": 0.05,
+            "anthropic_api_key": None,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    """Default test settings."""
+    return make_settings()
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to an app built from `settings`, with its lifespan running."""
+    app = create_app(settings)
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://satapi.test"
+        ) as c,
+    ):
+        c.app = app  # type: ignore[attr-defined]
+        yield c
+
+
+@pytest.fixture
+def wms() -> Any:
+    """respx router for the fake WMS host (other hosts are not mocked and fail loudly)."""
+    with respx.mock(assert_all_called=False) as router:
+        yield router
+
+
+def store_files(data_dir: Path) -> list[Path]:
+    """Every file under the image store, temp files included."""
+    root = data_dir / "images"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
