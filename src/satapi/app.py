@@ -12,6 +12,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from satapi import __version__
+from satapi.analysis import AnalysisService
+from satapi.analyzers.base import Analyzer
+from satapi.analyzers.claude import ClaudeAnalyzer, make_anthropic_client
+from satapi.analyzers.local import LocalAnalyzer
 from satapi.app_state import Resources
 from satapi.config import Settings, load_settings
 from satapi.cpu import CpuRunner
@@ -21,7 +25,7 @@ from satapi.limits import LocalLimiter
 from satapi.logs import setup_logging
 from satapi.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from satapi.models import ErrorResponse
-from satapi.routers import health, images, providers
+from satapi.routers import analyses, health, images, providers, vision
 from satapi.storage import AnalysisStore, LocalImageStore
 from satapi.urlpolicy import UrlPolicy
 from satapi.wms_client import RetryPolicy, WMSClient
@@ -101,6 +105,25 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         max_px=settings.max_image_px,
         cache_ttl_s=settings.cache_ttl_s,
     )
+    analyses = AnalysisStore(settings.data_dir)
+    analyzers: dict[str, Analyzer] = {
+        "local": LocalAnalyzer(cpu, max_pixels=settings.max_image_px**2)
+    }
+    ai_client = None
+    if settings.anthropic_api_key is not None:
+        ai_client = make_anthropic_client(
+            settings.anthropic_api_key.get_secret_value(),
+            base_url=settings.anthropic_base_url,
+            max_retries=settings.anthropic_max_retries,
+        )
+        analyzers["claude"] = ClaudeAnalyzer(
+            ai_client,
+            model=settings.anthropic_model,
+            cpu=cpu,
+            max_tokens=settings.ai_max_tokens,
+            max_long_edge=settings.ai_max_long_edge,
+            max_pixels=settings.ai_max_pixels,
+        )
     try:
         yield Resources(
             settings=settings,
@@ -108,11 +131,15 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             limiter=limiter,
             cpu=cpu,
             store=store,
-            analyses=AnalysisStore(settings.data_dir),
+            analyses=analyses,
             images=service,
+            analysis=AnalysisService(store, analyses, analyzers),
+            anthropic=ai_client,
         )
     finally:
         await http.aclose()
+        if ai_client is not None:
+            await ai_client.close()
         await store.close()
 
 
@@ -148,6 +175,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(providers.router)
     app.include_router(images.router)
+    app.include_router(vision.router)
+    app.include_router(analyses.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import anthropic
 import httpx2
 
+from satapi.analysis import AnalysisService
 from satapi.config import Settings
 from satapi.cpu import CpuRunner
 from satapi.imagery import ImageService
@@ -24,3 +26,5 @@ class Resources:
     store: LocalImageStore
     analyses: AnalysisStore
     images: ImageService
+    analysis: AnalysisService
+    anthropic: anthropic.AsyncAnthropic | None = None

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from satapi.analysis import AnalysisService
 from satapi.app_state import Resources
 from satapi.config import Settings
 from satapi.errors import Unauthorized
@@ -44,10 +45,16 @@ def get_analyses(resources: ResourcesDep) -> AnalysisStore:
     return resources.analyses
 
 
+def get_analysis(resources: ResourcesDep) -> AnalysisService:
+    """The analysis service (analyzers + result cache)."""
+    return resources.analysis
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ImagesDep = Annotated[ImageService, Depends(get_images)]
 StoreDep = Annotated[LocalImageStore, Depends(get_store)]
 AnalysesDep = Annotated[AnalysisStore, Depends(get_analyses)]
+AnalysisDep = Annotated[AnalysisService, Depends(get_analysis)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from SATAPI_API_KEYS.")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")

@@ -62,3 +62,10 @@ def verify_image(
             f"{expected_size[1]} that was asked for."
         )
     return ImageInfo(width=width, height=height, content_type=FORMATS[fmt])
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR header, without decoding it."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise NotAnImage("Not a PNG image.")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")

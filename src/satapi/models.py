@@ -233,3 +233,99 @@ class HealthResponse(BaseModel):
 
     status: Literal["ok", "unavailable"]
     checks: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- analyses ------------------------------------------------------------------------------------
+
+AnalyzerName = Literal["auto", "claude", "local"]
+
+Prompt = Annotated[
+    str | None,
+    Field(
+        default=None,
+        max_length=4000,
+        description="An optional question about the image(s), at most 4,000 characters.",
+        examples=["Is there standing water or flooding in this area?"],
+    ),
+]
+Analyzer = Annotated[
+    AnalyzerName,
+    Field(
+        description=(
+            "`auto`: Claude when an Anthropic key is configured, else the local pixel analyzer; "
+            "`claude`; or `local` (heuristic pixel metrics, no key needed)."
+        )
+    ),
+]
+
+
+class VisionRequest(ImageRequest):
+    """An image request plus what to ask about it and which analyzer answers."""
+
+    prompt: Prompt = None
+    analyzer: Analyzer = "auto"
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "provider": "gibs",
+                    "layer": EXAMPLE_LAYER,
+                    "bbox": list(EXAMPLE_BBOX),
+                    "time": "2024-06-01",
+                    "width": 512,
+                    "height": 512,
+                    "format": "image/png",
+                    "analyzer": "local",
+                    "prompt": "How much of this area is vegetated, and is any of it under cloud?",
+                }
+            ]
+        },
+    )
+
+
+class AnalysisOut(BaseModel):
+    """What the analyzer said."""
+
+    analyzer: str = Field(description="`claude` or `local`.")
+    model: str | None = Field(description="The AI model, or null for the local analyzer.")
+    text: str
+    metrics: dict[str, Any] = Field(
+        description=(
+            "Local analyzer: vegetation_fraction, water_fraction, bare_fraction, built_fraction, "
+            "cloud_fraction, nodata_fraction, mean_brightness, dominant_colors. Empty for Claude."
+        )
+    )
+    usage: dict[str, int] | None = Field(description="AI input/output tokens, when an AI ran.")
+    cached: bool = Field(default=False, description="True when served from the result cache.")
+
+
+class AnalysisTimings(BaseModel):
+    """Where the time went, in seconds."""
+
+    queue_wait_s: float
+    download_s: float
+    analysis_s: float
+    total_s: float
+
+
+class VisionResponse(BaseModel):
+    """The answer to POST /api/vision/analyze_satellite (and the stream's `result` event)."""
+
+    success: Literal[True] = True
+    analysis_id: str
+    image: ImageMeta
+    analysis: AnalysisOut
+    timings: AnalysisTimings
+
+
+class StoredAnalysis(BaseModel):
+    """A persisted analysis answer, as GET /api/analyses/{id} returns it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    success: Literal[True] = True
+    analysis_id: str
+    analysis: AnalysisOut
+    created_at: float | None = None

@@ -1,0 +1,233 @@
+"""Running analyses: picking the analyzer, feeding it stored images, caching and keeping results."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from satapi.analyzers.base import AnalysisResult, AnalysisTask, Analyzer, ImageInput, TextDelta
+from satapi.errors import AINotConfigured
+from satapi.imagery import FetchedImage
+from satapi.imaging import png_size
+from satapi.storage import AnalysisStore, ImageRecord, ImageStore
+
+AnalyzerChoice = Literal["auto", "claude", "local"]
+
+
+@dataclass(kw_only=True)
+class Analyzed:
+    """A finished analysis, fresh or from the result cache."""
+
+    analysis_id: str
+    analyzer: str
+    model: str | None
+    text: str
+    metrics: dict[str, Any]
+    usage: dict[str, int] | None
+    cached: bool
+    analysis_s: float
+    images: dict[str, ImageRecord] = field(default_factory=dict)  # images the analyzer made
+
+    def as_dict(self) -> dict[str, Any]:
+        """The `analysis` object of the API's answers."""
+        return {
+            "analyzer": self.analyzer,
+            "model": self.model,
+            "text": self.text,
+            "metrics": self.metrics,
+            "usage": self.usage,
+            "cached": self.cached,
+        }
+
+
+def analysis_id(
+    analyzer: str, model: str | None, image_ids: Sequence[str], prompt: str | None
+) -> str:
+    """sha256 of what determines an analysis: images, analyzer, model and prompt."""
+    blob = json.dumps(
+        {"analyzer": analyzer, "model": model, "images": list(image_ids), "prompt": prompt or ""},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def derived_image_id(parent_id: str, name: str) -> str:
+    """The id of an image an analysis made (e.g. its change mask)."""
+    return hashlib.sha256(f"{parent_id}:{name}".encode()).hexdigest()
+
+
+class AnalysisService:
+    """Analyses stored images with the chosen analyzer; repeats are served from the result store."""
+
+    def __init__(
+        self,
+        store: ImageStore,
+        results: AnalysisStore,
+        analyzers: Mapping[str, Analyzer],
+    ) -> None:
+        self._store = store
+        self._results = results
+        self._analyzers = dict(analyzers)
+
+    @property
+    def ai_available(self) -> bool:
+        """True when the Claude analyzer is configured (an Anthropic key is set)."""
+        return "claude" in self._analyzers
+
+    def choose(self, choice: AnalyzerChoice) -> Analyzer:
+        """The analyzer for `choice`: `auto` is Claude when a key is configured, else local."""
+        if choice == "auto":
+            choice = "claude" if self.ai_available else "local"
+        if choice not in self._analyzers:
+            raise AINotConfigured(
+                "The Claude analyzer needs an Anthropic API key (SATAPI_ANTHROPIC_API_KEY or "
+                "ANTHROPIC_API_KEY); use analyzer 'local' or 'auto' without one."
+            )
+        return self._analyzers[choice]
+
+    async def stream(
+        self,
+        analyzer: Analyzer,
+        images: Sequence[tuple[str, FetchedImage]],
+        prompt: str | None,
+    ) -> AsyncGenerator[TextDelta | Analyzed, None]:
+        """Analyse `images` ((label, image) pairs), yielding text deltas and then `Analyzed`."""
+        started = time.perf_counter()
+        records = [fetched.record for _, fetched in images]
+        key = analysis_id(analyzer.name, analyzer.model, [r.id for r in records], prompt)
+        stored = await self._results.get(key)
+        if stored is not None and await self._derived_present(stored):
+            analyzed = await self._from_stored(key, stored, started)
+            yield TextDelta(analyzed.text)
+            yield analyzed
+            return
+        inputs = [
+            _image_input(label, record, await self._store.read_bytes(record))
+            for label, record in zip((label for label, _ in images), records, strict=True)
+        ]
+        task = AnalysisTask(images=inputs, prompt=prompt)
+        result: AnalysisResult | None = None
+        events = analyzer.stream(task)
+        try:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    yield event
+                else:
+                    result = event
+        finally:
+            # Close the analyzer's stream (and its HTTP response) now, not at garbage collection.
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
+        if result is None:
+            raise RuntimeError(f"analyzer {analyzer.name!r} ended without a result")
+        made = await self._store_made_images(key, result, records)
+        analyzed = Analyzed(
+            analysis_id=key,
+            analyzer=result.analyzer,
+            model=result.model,
+            text=result.text,
+            metrics=result.metrics,
+            usage=result.usage,
+            cached=False,
+            analysis_s=time.perf_counter() - started,
+            images=made,
+        )
+        yield analyzed
+
+    async def run(
+        self,
+        analyzer: Analyzer,
+        images: Sequence[tuple[str, FetchedImage]],
+        prompt: str | None,
+    ) -> Analyzed:
+        """Like `stream`, returning only the finished analysis."""
+        final: Analyzed | None = None
+        async with aclosing(self.stream(analyzer, images, prompt)) as events:
+            async for event in events:
+                if isinstance(event, Analyzed):
+                    final = event
+        assert final is not None
+        return final
+
+    async def save(self, analyzed: Analyzed, response: dict[str, Any]) -> None:
+        """Persist the API answer of a fresh analysis, for GET /api/analyses/{id} and the cache."""
+        if analyzed.cached:
+            return
+        record = dict(response)
+        record["created_at"] = time.time()
+        record["derived_images"] = {name: r.id for name, r in analyzed.images.items()}
+        await self._results.put(analyzed.analysis_id, record)
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        """A persisted analysis answer."""
+        return await self._results.get(key)
+
+    async def _derived_present(self, stored: dict[str, Any]) -> bool:
+        for image_id in (stored.get("derived_images") or {}).values():
+            if await self._store.get(image_id) is None:
+                return False  # evicted: analyse again so the answer's links work
+        return True
+
+    async def _from_stored(self, key: str, stored: dict[str, Any], started: float) -> Analyzed:
+        analysis = stored["analysis"]
+        made: dict[str, ImageRecord] = {}
+        for name, image_id in (stored.get("derived_images") or {}).items():
+            record = await self._store.get(image_id)
+            if record is not None:
+                made[name] = record
+        return Analyzed(
+            analysis_id=key,
+            analyzer=analysis["analyzer"],
+            model=analysis.get("model"),
+            text=analysis["text"],
+            metrics=analysis.get("metrics") or {},
+            usage=analysis.get("usage"),
+            cached=True,
+            analysis_s=time.perf_counter() - started,
+            images=made,
+        )
+
+    async def _store_made_images(
+        self, key: str, result: AnalysisResult, sources: Sequence[ImageRecord]
+    ) -> dict[str, ImageRecord]:
+        made: dict[str, ImageRecord] = {}
+        last = sources[-1]
+        for name, data in result.images.items():
+            width, height = png_size(data)
+            record = ImageRecord(
+                id=derived_image_id(key, name),
+                content_type="image/png",
+                bytes=len(data),
+                width=width,
+                height=height,
+                provider=last.provider,
+                layer=name,
+                bbox=last.bbox,
+                crs=last.crs,
+                time=last.time,
+                attribution=last.attribution,
+                kind="derived",
+            )
+            await self._store.put_bytes(record, data)
+            made[name] = record
+        return made
+
+
+def _image_input(label: str, record: ImageRecord, data: bytes) -> ImageInput:
+    bbox = tuple(record.bbox) if record.bbox and len(record.bbox) == 4 else None
+    return ImageInput(
+        data=data,
+        content_type=record.content_type,
+        label=label,
+        provider=record.provider,
+        layer=record.layer,
+        bbox=bbox,  # type: ignore[arg-type]
+        crs=record.crs,
+        time=record.time,
+    )

@@ -1,0 +1,215 @@
+"""AI vision analysis of one image: a JSON answer, or the same streamed over Server-Sent Events."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.exceptions import RequestValidationError
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import ValidationError
+
+from satapi.analysis import Analyzed
+from satapi.analyzers.base import Analyzer, TextDelta
+from satapi.deps import AnalysisDep, ImagesDep, require_api_key
+from satapi.errors import SatapiError
+from satapi.imagery import FetchedImage
+from satapi.models import (
+    AnalysisOut,
+    AnalysisTimings,
+    AnalyzerName,
+    ImageMeta,
+    VisionRequest,
+)
+from satapi.models import VisionResponse as VisionResponseModel
+from satapi.routers.images import target_for
+from satapi.routers.streaming import EventStream, fetch_with_stages
+from satapi.wms_client import FetchTarget
+
+log = logging.getLogger("satapi.vision")
+
+router = APIRouter(prefix="/api/vision", tags=["vision"], dependencies=[Depends(require_api_key)])
+
+
+@dataclass
+class VisionJob:
+    """A validated analysis request: what to download and who analyses it."""
+
+    target: FetchTarget
+    analyzer: Analyzer
+    prompt: str | None
+
+
+def _job(body: VisionRequest, images: ImagesDep, analysis: AnalysisDep) -> VisionJob:
+    return VisionJob(
+        target=target_for(images, body),
+        analyzer=analysis.choose(body.analyzer),
+        prompt=body.prompt,
+    )
+
+
+async def job_from_body(body: VisionRequest, images: ImagesDep, analysis: AnalysisDep) -> VisionJob:
+    """Validate a JSON body before anything streams, so bad input gets a plain JSON error."""
+    return _job(body, images, analysis)
+
+
+async def job_from_query(
+    images: ImagesDep,
+    analysis: AnalysisDep,
+    bbox: Annotated[
+        str | None,
+        Query(description="minx,miny,maxx,maxy (lon/lat for EPSG:4326).", examples=["-10,35,5,44"]),
+    ] = None,
+    provider: Annotated[str | None, Query(max_length=64)] = None,
+    layer: Annotated[str | None, Query(max_length=256)] = None,
+    crs: Annotated[str, Query(max_length=32)] = "EPSG:4326",
+    time: Annotated[str | None, Query(max_length=64, examples=["2024-06-01"])] = None,
+    width: Annotated[int, Query(ge=1, le=16384)] = 512,
+    height: Annotated[int, Query(ge=1, le=16384)] = 512,
+    format: Annotated[str, Query(max_length=32)] = "image/png",
+    prompt: Annotated[str | None, Query(max_length=4000)] = None,
+    analyzer: Annotated[AnalyzerName, Query()] = "auto",
+    wms_url: Annotated[str | None, Query(max_length=4096)] = None,
+) -> VisionJob:
+    """The same request from query parameters, for the browser's `EventSource` (GET only)."""
+    raw: dict[str, object] = {
+        "provider": provider,
+        "layer": layer,
+        "crs": crs,
+        "time": time,
+        "width": width,
+        "height": height,
+        "format": format,
+        "prompt": prompt,
+        "analyzer": analyzer,
+        "wms_url": wms_url,
+    }
+    if bbox is not None:
+        try:
+            raw["bbox"] = [float(v) for v in bbox.split(",")]
+        except ValueError:
+            raw["bbox"] = bbox  # let validation report it
+    try:
+        body = VisionRequest.model_validate({k: v for k, v in raw.items() if v is not None})
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+    return _job(body, images, analysis)
+
+
+BodyJob = Annotated[VisionJob, Depends(job_from_body)]
+QueryJob = Annotated[VisionJob, Depends(job_from_query)]
+
+
+def vision_response(
+    fetched: FetchedImage, analyzed: Analyzed, started: float
+) -> VisionResponseModel:
+    """The 200 answer (also the stream's `result` event)."""
+    return VisionResponseModel(
+        analysis_id=analyzed.analysis_id,
+        image=ImageMeta.from_record(fetched.record, cached=fetched.cached),
+        analysis=AnalysisOut(**analyzed.as_dict()),
+        timings=AnalysisTimings(
+            queue_wait_s=round(fetched.queue_wait_s, 4),
+            download_s=round(fetched.download_s, 4),
+            analysis_s=round(analyzed.analysis_s, 4),
+            total_s=round(time.perf_counter() - started, 4),
+        ),
+    )
+
+
+@router.post(
+    "/analyze_satellite",
+    summary="Analyse a satellite image",
+    response_model=VisionResponseModel,
+)
+async def analyze_satellite(
+    job: BodyJob, images: ImagesDep, analysis: AnalysisDep
+) -> VisionResponseModel:
+    """Download the image (or reuse it) and analyse it with Claude or the local pixel analyzer.
+
+    A repeated request (same image, analyzer, model and prompt) is answered from the result
+    cache without a new AI call.
+    """
+    started = time.perf_counter()
+    fetched = await images.fetch(job.target)
+    analyzed = await analysis.run(job.analyzer, [("image", fetched)], job.prompt)
+    answer = vision_response(fetched, analyzed, started)
+    await analysis.save(analyzed, answer.model_dump(mode="json"))
+    return answer
+
+
+async def _stream(
+    job: VisionJob, images: ImagesDep, analysis: AnalysisDep
+) -> AsyncIterable[ServerSentEvent]:
+    started = time.perf_counter()
+    events = EventStream()
+    try:
+        yield events.status("queued")
+        fetched: FetchedImage | None = None
+        async for item in fetch_with_stages(images, job.target):
+            if isinstance(item, str):
+                yield events.status(item)
+            else:
+                fetched = item
+        assert fetched is not None
+        yield events.status("downloaded", cached=fetched.cached)
+        meta = ImageMeta.from_record(fetched.record, cached=fetched.cached)
+        yield events.event("image", meta.model_dump(mode="json"))
+        yield events.status("analyzing", analyzer=job.analyzer.name)
+        analyzed: Analyzed | None = None
+        async for event in analysis.stream(job.analyzer, [("image", fetched)], job.prompt):
+            if isinstance(event, TextDelta):
+                yield events.event("delta", {"text": event.text})
+            else:
+                analyzed = event
+        assert analyzed is not None
+        answer = vision_response(fetched, analyzed, started).model_dump(mode="json")
+        await analysis.save(analyzed, answer)
+        yield events.event("result", answer)
+    except SatapiError as exc:
+        yield events.error(exc)
+    except Exception:
+        log.exception("analysis stream failed")
+        yield events.error(SatapiError("Internal error; the incident was logged."))
+
+
+STREAM_DOC = """Events, each with an `id` and JSON `data`:
+`status` (`{"stage": "queued" | "downloading" | "downloaded" | "analyzing"}`),
+`image` (the image's metadata), `delta` (`{"text": ...}` as the analysis is written),
+`result` (exactly the body of POST /api/vision/analyze_satellite), then the stream ends.
+A failure after the stream started is an `error` event (`{"code", "error"}`). Invalid input
+is refused before streaming with a normal JSON error."""
+
+
+@router.post(
+    "/analyze_satellite_stream",
+    summary="Analyse a satellite image, streamed over Server-Sent Events",
+    response_class=EventSourceResponse,
+    description=STREAM_DOC,
+)
+async def analyze_satellite_stream(
+    job: BodyJob, images: ImagesDep, analysis: AnalysisDep
+) -> AsyncIterable[ServerSentEvent]:
+    """Streamed analysis (POST with the JSON body)."""
+    async for event in _stream(job, images, analysis):
+        yield event
+
+
+@router.get(
+    "/analyze_satellite_stream",
+    summary="Analyse a satellite image, streamed (GET, for EventSource)",
+    response_class=EventSourceResponse,
+    description=STREAM_DOC
+    + "\n\nQuery parameters mirror the JSON body; `bbox=minx,miny,maxx,maxy`.",
+)
+async def analyze_satellite_stream_get(
+    job: QueryJob, images: ImagesDep, analysis: AnalysisDep
+) -> AsyncIterable[ServerSentEvent]:
+    """Streamed analysis (GET with query parameters)."""
+    async for event in _stream(job, images, analysis):
+        yield event
