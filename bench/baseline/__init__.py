@@ -1,0 +1,1 @@
+"""The old Flask design (thread pool + blocking requests.get) that satapi replaces."""
