@@ -25,7 +25,7 @@ from satapi.limits import LocalLimiter
 from satapi.logs import setup_logging
 from satapi.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from satapi.models import ErrorResponse
-from satapi.routers import analyses, health, images, providers, vision
+from satapi.routers import analyses, comparison, health, images, providers, timeseries, vision
 from satapi.storage import AnalysisStore, LocalImageStore
 from satapi.urlpolicy import UrlPolicy
 from satapi.wms_client import RetryPolicy, WMSClient
@@ -176,6 +176,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(providers.router)
     app.include_router(images.router)
     app.include_router(vision.router)
+    app.include_router(comparison.router)
+    app.include_router(timeseries.router)
     app.include_router(analyses.router)
     if settings.cors_origins:
         app.add_middleware(

@@ -5,15 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from satapi.cpu import CpuRunner
-from satapi.errors import InvalidRequest
+from satapi.errors import InvalidRequest, SatapiError
 from satapi.imaging import verify_image
+from satapi.observe import NullObserver, Observer, download_outcome, error_code
 from satapi.storage import ImageRecord, ImageStore
 from satapi.urlpolicy import UrlPolicy
-from satapi.wms_client import FetchTarget, GetMapRequest, WMSClient, build_target, target_from_url
+from satapi.wms_client import (
+    DownloadStats,
+    FetchTarget,
+    GetMapRequest,
+    WMSClient,
+    build_target,
+    target_from_url,
+)
 
 StageCallback = Callable[[str], None]
 
@@ -56,6 +64,7 @@ class ImageService:
         default_provider: str,
         max_px: int,
         cache_ttl_s: float,
+        observer: Observer | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -65,6 +74,7 @@ class ImageService:
         self.max_px = max_px
         self._cache_ttl_s = cache_ttl_s
         self._flights: dict[str, _Flight] = {}
+        self._observer: Observer = observer if observer is not None else NullObserver()
 
     # -- targets --------------------------------------------------------------------------------
 
@@ -90,9 +100,11 @@ class ImageService:
 
         If every caller waiting for a download is cancelled, the download is cancelled too.
         """
+        started = time.perf_counter()
         image_id = target.image_id
         record = await self.store.get(image_id)
         if record is not None:
+            self._report(target, "cache_hit", nbytes=record.bytes)
             return FetchedImage(record=record, cached=True)
         flight = self._flights.get(image_id)
         shared = flight is not None
@@ -113,6 +125,12 @@ class ImageService:
             if flight.waiters == 0 and not flight.task.done():
                 flight.task.cancel()
         if shared:
+            self._report(
+                target,
+                "shared",
+                nbytes=result.record.bytes,
+                duration_s=time.perf_counter() - started,
+            )
             return FetchedImage(
                 record=result.record,
                 shared=True,
@@ -120,6 +138,48 @@ class ImageService:
                 download_s=result.download_s,
             )
         return result
+
+    async def fetch_all(
+        self,
+        targets: Mapping[str, FetchTarget],
+        on_stage: Callable[[str, str], None] | None = None,
+    ) -> dict[str, FetchedImage]:
+        """Fetch several images concurrently (`asyncio.gather`); all or nothing.
+
+        If one fails, the others are cancelled and the error is re-raised with the failing
+        side's name in its message and in `extra["side"]`.
+        """
+
+        async def one(side: str, target: FetchTarget) -> FetchedImage:
+            stage = None if on_stage is None else (lambda s: on_stage(side, s))
+            try:
+                return await self.fetch(target, on_stage=stage)
+            except SatapiError as exc:
+                raise for_side(exc, side) from None
+
+        tasks = [asyncio.create_task(one(side, t)) for side, t in targets.items()]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return dict(zip(targets, results, strict=True))
+
+    async def fetch_each(
+        self, targets: Mapping[str, FetchTarget]
+    ) -> dict[str, FetchedImage | SatapiError]:
+        """Fetch several images concurrently; a failure stands in for its own result only."""
+        results = await asyncio.gather(
+            *(self.fetch(t) for t in targets.values()), return_exceptions=True
+        )
+        out: dict[str, FetchedImage | SatapiError] = {}
+        for key, result in zip(targets, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, SatapiError):
+                raise result
+            out[key] = result
+        return out
 
     def _start(self, target: FetchTarget) -> _Flight:
         image_id = target.image_id
@@ -138,11 +198,58 @@ class ImageService:
         return flight
 
     async def _download(self, target: FetchTarget, stage: StageCallback) -> FetchedImage:
+        # Reports the download once, however many requests share it.
+        started = time.perf_counter()
+        stats = DownloadStats()
+        outcome, error, nbytes = "ok", None, 0
+        try:
+            result = await self._download_and_store(target, stage, stats)
+            nbytes = result.record.bytes
+            return result
+        except BaseException as exc:
+            outcome, error = download_outcome(exc), error_code(exc)
+            raise
+        finally:
+            self._report(
+                target,
+                outcome,
+                nbytes=nbytes,
+                duration_s=time.perf_counter() - started - stats.queue_wait_s,
+                queue_wait_s=stats.queue_wait_s,
+                error=error,
+            )
+
+    def _report(
+        self,
+        target: FetchTarget,
+        outcome: str,
+        *,
+        nbytes: int = 0,
+        duration_s: float = 0.0,
+        queue_wait_s: float = 0.0,
+        error: str | None = None,
+    ) -> None:
+        req = target.request
+        self._observer.download(
+            provider=target.source,
+            layer=req.layer if req else _param(target, "LAYERS"),
+            outcome=outcome,
+            duration_s=duration_s,
+            nbytes=nbytes,
+            queue_wait_s=queue_wait_s,
+            source_url=target.url(redacted=True),
+            error=error,
+            image_id=target.image_id,
+        )
+
+    async def _download_and_store(
+        self, target: FetchTarget, stage: StageCallback, stats: DownloadStats
+    ) -> FetchedImage:
         started = time.perf_counter()
         writer = await self.store.open_writer(target.image_id)
         try:
-            stats = await self.client.download(
-                target, writer, on_transfer=lambda: stage("downloading")
+            await self.client.download(
+                target, writer, on_transfer=lambda: stage("downloading"), stats=stats
             )
             await writer.finish()
             info = await self._cpu.run(
@@ -183,6 +290,16 @@ class ImageService:
     def downloads_in_progress(self) -> int:
         """Distinct downloads running now."""
         return len(self._flights)
+
+
+def for_side(error: SatapiError, side: str) -> SatapiError:
+    """The same error (class, status, code), saying which side of a pair it came from."""
+    copy = type(error)(
+        f"The {side} image failed: {error.message}",
+        retry_after=error.retry_after,
+        extra={**error.extra, "side": side},
+    )
+    return copy
 
 
 def _param(target: FetchTarget, name: str) -> str | None:

@@ -63,11 +63,13 @@ class ImageFields(BaseModel):
     format: Literal["image/png", "image/jpeg"] = Field(default="image/png")
     style: str | None = Field(default=None, max_length=256, pattern=LAYER_PATTERN)
 
-    def getmap(self, default_layer: str, *, time: str | None = None) -> GetMapRequest:
-        """The domain request, with the provider's default layer filled in."""
+    def getmap(
+        self, default_layer: str, *, time: str | None = None, layer: str | None = None
+    ) -> GetMapRequest:
+        """The domain request: `layer`, else this request's layer, else the provider's default."""
         assert self.bbox is not None
         return GetMapRequest(
-            layer=self.layer or default_layer,
+            layer=layer or self.layer or default_layer,
             bbox=(self.bbox[0], self.bbox[1], self.bbox[2], self.bbox[3]),
             crs=self.crs,
             width=self.width,
@@ -329,3 +331,186 @@ class StoredAnalysis(BaseModel):
     analysis_id: str
     analysis: AnalysisOut
     created_at: float | None = None
+
+
+# --- comparison ----------------------------------------------------------------------------------
+
+
+class Side(BaseModel):
+    """One side of a comparison: its date, and optionally its own layer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    time: Time | None = None
+    layer: str | None = Field(
+        default=None,
+        pattern=LAYER_PATTERN,
+        description="Overrides the request's layer (e.g. EOX's per-year s2cloudless-<year>).",
+    )
+
+
+class ComparisonRequest(ImageFields):
+    """Two images of one area: `before` and `after` dates, or two complete GetMap URLs."""
+
+    before: Side | None = None
+    after: Side | None = None
+    image1_url: str | None = Field(
+        default=None, max_length=4096, description="Old clients: the before GetMap URL."
+    )
+    image2_url: str | None = Field(
+        default=None, max_length=4096, description="Old clients: the after GetMap URL."
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "provider": "gibs",
+                    "layer": EXAMPLE_LAYER,
+                    "bbox": list(EXAMPLE_BBOX),
+                    "width": 512,
+                    "height": 512,
+                    "before": {"time": "2024-01-15"},
+                    "after": {"time": "2024-07-15"},
+                }
+            ]
+        },
+    )
+
+    @model_validator(mode="after")
+    def _sides_or_urls(self) -> ComparisonRequest:
+        urls = (self.image1_url, self.image2_url)
+        if any(urls):
+            if not all(urls):
+                raise ValueError("give both image1_url and image2_url")
+            return self
+        if self.bbox is None or self.before is None or self.after is None:
+            raise ValueError("give bbox, before and after (or image1_url and image2_url)")
+        return self
+
+
+class ComparisonAnalyzeRequest(ComparisonRequest):
+    """A comparison plus the question and the analyzer."""
+
+    prompt: Prompt = None
+    analyzer: Analyzer = "auto"
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "provider": "gibs",
+                    "layer": EXAMPLE_LAYER,
+                    "bbox": list(EXAMPLE_BBOX),
+                    "width": 512,
+                    "height": 512,
+                    "before": {"time": "2024-01-15"},
+                    "after": {"time": "2024-07-15"},
+                    "analyzer": "local",
+                }
+            ]
+        },
+    )
+
+
+class SideTimings(BaseModel):
+    """Queue wait and download time of one side, in seconds."""
+
+    queue_wait_s: float
+    download_s: float
+
+
+class ComparisonTimings(BaseModel):
+    """Per-side timings and the whole request's."""
+
+    before: SideTimings
+    after: SideTimings
+    analysis_s: float | None = None
+    total_s: float
+
+
+class ComparisonDownloadResponse(BaseModel):
+    """The answer to POST /api/comparison/download."""
+
+    success: Literal[True] = True
+    images: dict[str, ImageMeta] = Field(description="`before` and `after`.")
+    timings: ComparisonTimings
+
+
+class ComparisonResponse(BaseModel):
+    """The answer to POST /api/comparison/analyze (and the stream's `result` event)."""
+
+    success: Literal[True] = True
+    analysis_id: str
+    images: dict[str, ImageMeta] = Field(
+        description="`before`, `after`, and `change_mask` (local analyzer) to look at."
+    )
+    analysis: AnalysisOut
+    timings: ComparisonTimings
+
+
+# --- time series ---------------------------------------------------------------------------------
+
+
+class TimeseriesRequest(ImageFields):
+    """An image request over several dates: a list of `times`, or `start`, `end` and `step`."""
+
+    times: list[Time] | None = Field(default=None, description="The dates, in any order.")
+    start: Time | None = None
+    end: Time | None = None
+    step: str | None = Field(
+        default=None,
+        pattern=r"^P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+S)?)?$",
+        max_length=32,
+        description="ISO 8601 duration between dates, e.g. P1M, P7D, P1Y.",
+        examples=["P1M"],
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "provider": "gibs",
+                    "layer": EXAMPLE_LAYER,
+                    "bbox": list(EXAMPLE_BBOX),
+                    "width": 256,
+                    "height": 256,
+                    "start": "2024-01-01",
+                    "end": "2024-06-01",
+                    "step": "P1M",
+                }
+            ]
+        },
+    )
+
+    @model_validator(mode="after")
+    def _times_or_range(self) -> TimeseriesRequest:
+        ranged = (self.start, self.end, self.step)
+        if self.bbox is None:
+            raise ValueError("bbox is required")
+        if self.times is not None and any(ranged):
+            raise ValueError("give either times or start/end/step, not both")
+        if self.times is None and not all(ranged):
+            raise ValueError("give times, or all of start, end and step")
+        return self
+
+
+class TimeseriesPoint(BaseModel):
+    """One date: its image and metrics, or its error."""
+
+    time: str
+    image: ImageMeta | None = None
+    metrics: dict[str, Any] | None = None
+    error: str | None = None
+    code: str | None = None
+
+
+class TimeseriesResponse(BaseModel):
+    """The answer to POST /api/timeseries (JSON; `Accept: text/csv` gives CSV)."""
+
+    success: Literal[True] = True
+    partial: bool = Field(description="True when at least one date failed.")
+    points: list[TimeseriesPoint]

@@ -1,17 +1,24 @@
-"""Shared by the SSE routes: numbered events, and downloads that report their stages."""
+"""Shared by the SSE routes: numbered events, stage reports, and the analysis event sequence."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from fastapi.sse import ServerSentEvent
 
+from satapi.analysis import Analyzed
+from satapi.analyzers.base import TextDelta
 from satapi.errors import SatapiError
-from satapi.imagery import FetchedImage, ImageService
-from satapi.wms_client import FetchTarget
+
+T = TypeVar("T")
+Report = Callable[[dict[str, Any]], None]
+
+log = logging.getLogger("satapi.stream")
 
 
 class EventStream:
@@ -34,18 +41,25 @@ class EventStream:
         return self.event("error", {"code": error.code, "error": error.message, **error.extra})
 
 
-async def fetch_with_stages(
-    images: ImageService, target: FetchTarget
-) -> AsyncIterator[str | FetchedImage]:
-    """Fetch `target`, yielding stage names ("downloading") as they happen, then the image.
+@dataclass
+class Done(Generic[T]):
+    """The result of the work `with_reports` ran."""
 
-    Cancelling the consumer cancels the fetch (and the download, unless others share it).
+    value: T
+
+
+async def with_reports(
+    work: Callable[[Report], Awaitable[T]],
+) -> AsyncIterator[dict[str, Any] | Done[T]]:
+    """Run `work(report)`, yielding what it reports while it runs, then `Done(result)`.
+
+    Closing the iterator early cancels the work.
     """
-    stages: asyncio.Queue[str] = asyncio.Queue()
-    task = asyncio.create_task(images.fetch(target, on_stage=stages.put_nowait))
+    reports: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    task = asyncio.ensure_future(work(reports.put_nowait))
     try:
         while not task.done():
-            getter = asyncio.create_task(stages.get())
+            getter = asyncio.ensure_future(reports.get())
             try:
                 await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -53,12 +67,63 @@ async def fetch_with_stages(
                 with contextlib.suppress(asyncio.CancelledError):
                     await getter
             if getter.done() and not getter.cancelled():
-                stage = getter.result()
-                if stage == "downloading":
-                    yield stage
-        yield task.result()
+                yield getter.result()
+        while not reports.empty():
+            yield reports.get_nowait()
+        yield Done(task.result())
     finally:
         if not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, SatapiError):
+            with contextlib.suppress(BaseException):
                 await task
+
+
+@dataclass(kw_only=True)
+class AnalysisSteps(Generic[T]):
+    """What differs between the analysis streams (one image, or a before/after pair)."""
+
+    fetch: Callable[[Report], Awaitable[T]]  # download; reports {"stage": "downloading", ...}
+    image_events: Callable[[T], list[dict[str, Any]]]  # one `image` event each
+    cached: Callable[[T], bool]
+    analyze: Callable[[T], AsyncIterator[TextDelta | Analyzed]]
+    answer: Callable[[T, Analyzed], dict[str, Any]]  # the non-stream 200 body
+    save: Callable[[Analyzed, dict[str, Any]], Awaitable[None]]
+    analyzer: str
+
+
+async def analysis_events(steps: AnalysisSteps[T]) -> AsyncIterator[ServerSentEvent]:
+    """status queued -> downloading -> downloaded -> image(s) -> analyzing -> delta* -> result.
+
+    A failure after the stream started becomes an `error` event, then the stream ends.
+    """
+    events = EventStream()
+    try:
+        yield events.status("queued")
+        fetched: T | None = None
+        async for item in with_reports(steps.fetch):
+            if isinstance(item, Done):
+                fetched = item.value
+            elif item.get("stage") == "downloading":
+                yield events.status(
+                    "downloading", **{k: v for k, v in item.items() if k != "stage"}
+                )
+        assert fetched is not None
+        yield events.status("downloaded", cached=steps.cached(fetched))
+        for image in steps.image_events(fetched):
+            yield events.event("image", image)
+        yield events.status("analyzing", analyzer=steps.analyzer)
+        analyzed: Analyzed | None = None
+        async for event in steps.analyze(fetched):
+            if isinstance(event, TextDelta):
+                yield events.event("delta", {"text": event.text})
+            else:
+                analyzed = event
+        assert analyzed is not None
+        answer = steps.answer(fetched, analyzed)
+        await steps.save(analyzed, answer)
+        yield events.event("result", answer)
+    except SatapiError as exc:
+        yield events.error(exc)
+    except Exception:
+        log.exception("analysis stream failed")
+        yield events.error(SatapiError("Internal error; the incident was logged."))

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -14,9 +13,8 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import ValidationError
 
 from satapi.analysis import Analyzed
-from satapi.analyzers.base import Analyzer, TextDelta
+from satapi.analyzers.base import Analyzer
 from satapi.deps import AnalysisDep, ImagesDep, require_api_key
-from satapi.errors import SatapiError
 from satapi.imagery import FetchedImage
 from satapi.models import (
     AnalysisOut,
@@ -27,10 +25,8 @@ from satapi.models import (
 )
 from satapi.models import VisionResponse as VisionResponseModel
 from satapi.routers.images import target_for
-from satapi.routers.streaming import EventStream, fetch_with_stages
+from satapi.routers.streaming import AnalysisSteps, analysis_events
 from satapi.wms_client import FetchTarget
-
-log = logging.getLogger("satapi.vision")
 
 router = APIRouter(prefix="/api/vision", tags=["vision"], dependencies=[Depends(require_api_key)])
 
@@ -143,39 +139,24 @@ async def analyze_satellite(
     return answer
 
 
-async def _stream(
+def _stream(
     job: VisionJob, images: ImagesDep, analysis: AnalysisDep
-) -> AsyncIterable[ServerSentEvent]:
+) -> AsyncIterator[ServerSentEvent]:
     started = time.perf_counter()
-    events = EventStream()
-    try:
-        yield events.status("queued")
-        fetched: FetchedImage | None = None
-        async for item in fetch_with_stages(images, job.target):
-            if isinstance(item, str):
-                yield events.status(item)
-            else:
-                fetched = item
-        assert fetched is not None
-        yield events.status("downloaded", cached=fetched.cached)
-        meta = ImageMeta.from_record(fetched.record, cached=fetched.cached)
-        yield events.event("image", meta.model_dump(mode="json"))
-        yield events.status("analyzing", analyzer=job.analyzer.name)
-        analyzed: Analyzed | None = None
-        async for event in analysis.stream(job.analyzer, [("image", fetched)], job.prompt):
-            if isinstance(event, TextDelta):
-                yield events.event("delta", {"text": event.text})
-            else:
-                analyzed = event
-        assert analyzed is not None
-        answer = vision_response(fetched, analyzed, started).model_dump(mode="json")
-        await analysis.save(analyzed, answer)
-        yield events.event("result", answer)
-    except SatapiError as exc:
-        yield events.error(exc)
-    except Exception:
-        log.exception("analysis stream failed")
-        yield events.error(SatapiError("Internal error; the incident was logged."))
+    steps: AnalysisSteps[FetchedImage] = AnalysisSteps(
+        fetch=lambda report: images.fetch(
+            job.target, on_stage=lambda stage: report({"stage": stage})
+        ),
+        image_events=lambda f: [
+            ImageMeta.from_record(f.record, cached=f.cached).model_dump(mode="json")
+        ],
+        cached=lambda f: f.cached,
+        analyze=lambda f: analysis.stream(job.analyzer, [("image", f)], job.prompt),
+        answer=lambda f, a: vision_response(f, a, started).model_dump(mode="json"),
+        save=analysis.save,
+        analyzer=job.analyzer.name,
+    )
+    return analysis_events(steps)
 
 
 STREAM_DOC = """Events, each with an `id` and JSON `data`:
