@@ -1,0 +1,99 @@
+"""The built-in "local" analyzer: heuristic pixel statistics, no AI and no API key needed."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from satapi.analyzers import pixels
+from satapi.analyzers.base import AnalysisEvent, AnalysisResult, AnalysisTask, TextDelta
+from satapi.cpu import CpuRunner
+from satapi.errors import InvalidRequest, NotAnImage
+
+PROMPT_NOTE = "The local analyzer cannot answer free-form questions, so the prompt was not used."
+
+# Split after sentence ends only when whitespace follows, so "0.42" stays in one piece.
+_SENTENCE_END = re.compile(r"(?<=[.!?])(?=\s)")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split text into sentence pieces whose concatenation is exactly `text`."""
+    return [piece for piece in _SENTENCE_END.split(text) if piece]
+
+
+def _decode(data: bytes, label: str, max_pixels: int) -> pixels.RgbaArray:
+    """`pixels.decode_rgba`, with the image's role named in the error."""
+    try:
+        return pixels.decode_rgba(data, max_pixels)
+    except NotAnImage as exc:
+        raise NotAnImage(
+            f"Could not read the {label} image. {exc.message}", extra=exc.extra
+        ) from exc
+
+
+def _analyse_one(data: bytes, label: str, max_pixels: int) -> tuple[dict[str, Any], str]:
+    """Decode, measure and summarise one image (blocking; runs in a worker thread)."""
+    metrics = pixels.measure(_decode(data, label, max_pixels))
+    return metrics, pixels.summarize(metrics)
+
+
+def _analyse_pair(
+    before: bytes, after: bytes, labels: tuple[str, str], max_pixels: int
+) -> tuple[dict[str, Any], str, bytes]:
+    """Decode and compare two images; returns metrics, summary and the change-mask PNG."""
+    before_rgba = _decode(before, labels[0], max_pixels)
+    after_rgba = _decode(after, labels[1], max_pixels)
+    metrics, mask_png = pixels.compare_png(before_rgba, after_rgba)
+    return metrics, pixels.summarize_change(metrics), mask_png
+
+
+class LocalAnalyzer:
+    """Describes images from pixel colours alone: land-cover fractions and change masks."""
+
+    name: str = "local"
+
+    def __init__(self, cpu: CpuRunner, max_pixels: int = 64_000_000) -> None:
+        self._cpu = cpu
+        self._max_pixels = max_pixels
+
+    @property
+    def model(self) -> str | None:
+        """Always None: no model is involved."""
+        return None
+
+    async def stream(self, task: AnalysisTask) -> AsyncIterator[AnalysisEvent]:
+        """Analyse `task` off the event loop, then yield its summary sentence by sentence."""
+        images: dict[str, bytes] = {}
+        if len(task.images) == 1:
+            image = task.images[0]
+            metrics, text = await self._cpu.run(
+                _analyse_one, image.data, image.label, self._max_pixels
+            )
+        elif task.is_comparison:
+            before, after = task.images
+            metrics, text, mask_png = await self._cpu.run(
+                _analyse_pair,
+                before.data,
+                after.data,
+                (before.label, after.label),
+                self._max_pixels,
+            )
+            images["change_mask"] = mask_png
+        else:
+            raise InvalidRequest(
+                f"The local analyzer takes one image or two (before, after), "
+                f"not {len(task.images)}."
+            )
+        if task.prompt and task.prompt.strip():
+            text = f"{text} {PROMPT_NOTE}"
+        for piece in split_sentences(text):
+            yield TextDelta(piece)
+        yield AnalysisResult(
+            analyzer=self.name,
+            model=None,
+            text=text,
+            metrics=metrics,
+            usage=None,
+            images=images,
+        )
