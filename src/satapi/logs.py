@@ -11,7 +11,7 @@ from typing import Any
 
 from satapi.middleware import request_id_var
 
-_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
 class _Redactor(logging.Filter):
