@@ -14,6 +14,7 @@ from satapi.analyzers.base import AnalysisResult, AnalysisTask, Analyzer, ImageI
 from satapi.errors import AINotConfigured
 from satapi.imagery import FetchedImage
 from satapi.imaging import png_size
+from satapi.observe import NullObserver, Observer, analysis_outcome
 from satapi.storage import AnalysisStore, ImageRecord, ImageStore
 
 AnalyzerChoice = Literal["auto", "claude", "local"]
@@ -69,10 +70,12 @@ class AnalysisService:
         store: ImageStore,
         results: AnalysisStore,
         analyzers: Mapping[str, Analyzer],
+        observer: Observer | None = None,
     ) -> None:
         self._store = store
         self._results = results
         self._analyzers = dict(analyzers)
+        self._observer: Observer = observer if observer is not None else NullObserver()
 
     @property
     def ai_available(self) -> bool:
@@ -103,6 +106,12 @@ class AnalysisService:
         stored = await self._results.get(key)
         if stored is not None and await self._derived_present(stored):
             analyzed = await self._from_stored(key, stored, started)
+            self._observer.analysis(
+                analyzer=analyzed.analyzer,
+                model=analyzed.model,
+                outcome="cached",
+                duration_s=analyzed.analysis_s,
+            )
             yield TextDelta(analyzed.text)
             yield analyzed
             return
@@ -112,6 +121,8 @@ class AnalysisService:
         ]
         task = AnalysisTask(images=inputs, prompt=prompt)
         result: AnalysisResult | None = None
+        failure: BaseException | None = None
+        analysis_started = time.perf_counter()
         events = analyzer.stream(task)
         try:
             async for event in events:
@@ -119,7 +130,11 @@ class AnalysisService:
                     yield event
                 else:
                     result = event
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
+            self._report(analyzer, result, failure, time.perf_counter() - analysis_started)
             # Close the analyzer's stream (and its HTTP response) now, not at garbage collection.
             close = getattr(events, "aclose", None)
             if close is not None:
@@ -154,6 +169,31 @@ class AnalysisService:
                     final = event
         assert final is not None
         return final
+
+    def _report(
+        self,
+        analyzer: Analyzer,
+        result: AnalysisResult | None,
+        failure: BaseException | None,
+        duration_s: float,
+    ) -> None:
+        # One event per analyzer run: a stream abandoned by its client (GeneratorExit) is
+        # `cancelled`, like a cancelled task; the tokens are those the provider billed.
+        usage = (result.usage if result is not None else None) or {}
+        if isinstance(failure, GeneratorExit):
+            outcome = "cancelled"
+        elif failure is None and result is None:
+            outcome = "error"  # the analyzer ended without a result
+        else:
+            outcome = analysis_outcome(failure)
+        self._observer.analysis(
+            analyzer=analyzer.name,
+            model=result.model if result is not None else analyzer.model,
+            outcome=outcome,
+            duration_s=duration_s,
+            input_tokens=int(usage.get("input_tokens", 0)),
+            output_tokens=int(usage.get("output_tokens", 0)),
+        )
 
     async def save(self, analyzed: Analyzed, response: dict[str, Any]) -> None:
         """Persist the API answer of a fresh analysis, for GET /api/analyses/{id} and the cache."""

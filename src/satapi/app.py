@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from satapi import __version__
+from satapi.access_log import AccessLogMiddleware
 from satapi.analysis import AnalysisService
 from satapi.analyzers.base import Analyzer
 from satapi.analyzers.claude import ClaudeAnalyzer, make_anthropic_client
@@ -19,13 +20,17 @@ from satapi.analyzers.local import LocalAnalyzer
 from satapi.app_state import Resources
 from satapi.config import Settings, load_settings
 from satapi.cpu import CpuRunner
+from satapi.docs import install_docs
 from satapi.handlers import add_exception_handlers
 from satapi.imagery import ImageService
 from satapi.limits import LocalLimiter
 from satapi.logs import setup_logging
+from satapi.metrics import Metrics
 from satapi.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from satapi.models import ErrorResponse
+from satapi.observe import LogObserver, NullObserver, Observer, Observers
 from satapi.routers import analyses, comparison, health, images, providers, timeseries, vision
+from satapi.routers.metrics import router as metrics_router
 from satapi.storage import AnalysisStore, LocalImageStore
 from satapi.urlpolicy import UrlPolicy
 from satapi.wms_client import RetryPolicy, WMSClient
@@ -67,8 +72,14 @@ def make_http_client(settings: Settings) -> httpx2.AsyncClient:
 
 
 @asynccontextmanager
-async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
-    """Open the shared resources, and close them however the block ends."""
+async def open_resources(
+    settings: Settings, *, observer: Observer | None = None
+) -> AsyncIterator[Resources]:
+    """Open the shared resources, and close them however the block ends.
+
+    `observer` hears of every download, shed request and analysis (metrics and logs).
+    """
+    observer = observer if observer is not None else NullObserver()
     cpu = CpuRunner(settings.cpu_threads)
     store = LocalImageStore(settings.data_dir, max_bytes=settings.store_max_bytes)
     await store.start()
@@ -95,6 +106,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         ),
         secrets=settings.secrets,
         capabilities_ttl_s=settings.capabilities_ttl_s,
+        observer=observer,
     )
     service = ImageService(
         client,
@@ -104,6 +116,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         default_provider=settings.default_provider,
         max_px=settings.max_image_px,
         cache_ttl_s=settings.cache_ttl_s,
+        observer=observer,
     )
     analyses = AnalysisStore(settings.data_dir)
     analyzers: dict[str, Analyzer] = {
@@ -133,8 +146,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             store=store,
             analyses=analyses,
             images=service,
-            analysis=AnalysisService(store, analyses, analyzers),
+            analysis=AnalysisService(store, analyses, analyzers, observer=observer),
             anthropic=ai_client,
+            observer=observer,
         )
     finally:
         await http.aclose()
@@ -146,11 +160,14 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application from `settings` (read from the environment when None)."""
     settings = settings or load_settings()
+    metrics = Metrics(multiprocess_dir=settings.prometheus_multiproc_dir)
+    observer = Observers([metrics, LogObserver()])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_resources(settings) as resources:
+        async with open_resources(settings, observer=observer) as resources:
             app.state.resources = resources
+            metrics.watch(resources.limiter, resources.store, resources.images)
             log.info(
                 "satapi %s ready: default provider %s, data in %s",
                 __version__,
@@ -160,6 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 yield
             finally:
+                metrics.unwatch()
                 # Let background work see the shutdown before the client closes.
                 await asyncio.sleep(0)
 
@@ -169,9 +187,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Satellite imagery from WMS servers, analysed by Claude or a local pixel analyzer.",
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        docs_url=None,  # served by install_docs from installed files, not a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     add_exception_handlers(app)
+    install_docs(app)
+    app.include_router(metrics_router)
     app.include_router(health.router)
     app.include_router(providers.router)
     app.include_router(images.router)
@@ -188,6 +211,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Request-ID", "ETag", "Retry-After"],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLogMiddleware, observer=observer)
     app.add_middleware(RequestIdMiddleware)
     return app
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anthropic
 import httpx2
@@ -12,6 +12,7 @@ from satapi.config import Settings
 from satapi.cpu import CpuRunner
 from satapi.imagery import ImageService
 from satapi.limits import LocalLimiter
+from satapi.observe import NullObserver, Observer
 from satapi.storage import AnalysisStore, LocalImageStore
 
 
@@ -28,3 +29,4 @@ class Resources:
     images: ImageService
     analysis: AnalysisService
     anthropic: anthropic.AsyncAnthropic | None = None
+    observer: Observer = field(default_factory=NullObserver)

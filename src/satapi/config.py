@@ -144,6 +144,12 @@ class Settings(BaseSettings):
 
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # prometheus-client reads the same variable when it is imported: only the environment works.
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("prometheus_multiproc_dir", "PROMETHEUS_MULTIPROC_DIR"),
+        description="Several worker processes: where their metrics files go (see operations docs).",
+    )
 
     anthropic_api_key: SecretStr | None = Field(
         default=None,

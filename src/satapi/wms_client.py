@@ -23,6 +23,7 @@ from satapi.errors import (
     InvalidBBox,
     InvalidRequest,
     NotAnImage,
+    Overloaded,
     RedirectNotAllowed,
     SatapiError,
     UnknownProvider,
@@ -31,6 +32,7 @@ from satapi.errors import (
     WMSServiceException,
 )
 from satapi.limits import Limiter
+from satapi.observe import NullObserver, Observer
 from satapi.storage import ImageWriter
 from satapi.urlpolicy import UrlPolicy
 
@@ -332,8 +334,10 @@ class WMSClient:
         retry: RetryPolicy,
         secrets: Sequence[str] = (),
         capabilities_ttl_s: float = 3600.0,
+        observer: Observer | None = None,
     ) -> None:
         self._http = http
+        self._observer: Observer = observer if observer is not None else NullObserver()
         self._limiter = limiter
         self._providers = providers
         self._policy = policy
@@ -364,13 +368,15 @@ class WMSClient:
         writer: ImageWriter,
         *,
         on_transfer: Callable[[], None] | None = None,
+        stats: DownloadStats | None = None,
     ) -> DownloadStats:
         """Stream the image for `target` into `writer`, retrying transient failures.
 
         Raises a `SatapiError`; `UpstreamTimeout` when the whole download (waiting included)
         outlasts the total timeout. `on_transfer` is called when a permit has been obtained.
+        Pass `stats` to read the queue wait and attempts even when the download fails.
         """
-        stats = DownloadStats()
+        stats = stats if stats is not None else DownloadStats()
         try:
             async with asyncio.timeout(self._total_timeout_s):
                 async for attempt in stamina.retry_context(
@@ -388,6 +394,9 @@ class WMSClient:
                         await self._attempt(target, writer, stats, on_transfer)
         except _Transient as exc:
             raise exc.error from None
+        except Overloaded:
+            self._observer.shed(target.source)
+            raise
         except TimeoutError:
             raise UpstreamTimeout(
                 f"The WMS server did not deliver the image within {self._total_timeout_s:g} s."
@@ -546,6 +555,9 @@ class WMSClient:
             ):
                 body = await _read_limited(response, MAX_CAPABILITIES_BYTES + 1)
                 status = response.status_code
+        except Overloaded:
+            self._observer.shed(name)
+            raise
         except TimeoutError:
             raise UpstreamTimeout(f"GetCapabilities from {name!r} timed out.") from None
         except httpx2.HTTPError as exc:

@@ -1,0 +1,285 @@
+"""Prometheus metrics: one registry per app, fed by the observer hooks and read at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from satapi.limits import SlotStats
+
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+DOWNLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+ANALYSIS_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Outcomes of an image request that involved a download of its own (not a hit or a share).
+TRANSFER_OUTCOMES = frozenset({"ok", "wms_exception", "timeout", "error", "cancelled"})
+
+
+class _StatsSource(Protocol):
+    def stats(self) -> Mapping[str, SlotStats]: ...
+
+
+class _StoreSource(Protocol):
+    def stats(self) -> dict[str, int]: ...
+
+
+class _FlightSource(Protocol):
+    @property
+    def downloads_in_progress(self) -> int: ...
+
+
+@dataclass
+class _Sources:
+    limiter: _StatsSource
+    store: _StoreSource | None
+    images: _FlightSource | None
+
+
+class _StateCollector(Collector):
+    """Gauges computed at scrape time from the limiter's and the store's counters."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        sources = self._metrics._sources
+        if sources is None:
+            return []
+        out: list[Metric] = []
+        stats = dict(sources.limiter.stats())
+        global_stats = stats.pop("*", None)
+        if global_stats is not None:
+            for name, doc, value in (
+                ("in_use", "WMS transfer permits held now, all providers.", global_stats.in_flight),
+                ("waiting", "Requests waiting for a WMS permit now.", global_stats.waiting),
+                ("capacity", "The global cap on concurrent WMS transfers.", global_stats.capacity),
+            ):
+                out.append(GaugeMetricFamily(f"satapi_wms_global_permits_{name}", doc, value=value))
+        per_provider = [
+            ("in_use", "WMS transfer permits held now, by provider.", "in_flight"),
+            ("waiting", "Requests waiting for a provider's WMS permit now.", "waiting"),
+            ("capacity", "The provider's cap on concurrent WMS transfers.", "capacity"),
+        ]
+        for name, doc, attr in per_provider:
+            family = GaugeMetricFamily(f"satapi_wms_permits_{name}", doc, labels=["provider"])
+            for provider, slot in sorted(stats.items()):
+                family.add_metric([provider], getattr(slot, attr))
+            out.append(family)
+        if sources.images is not None:
+            out.append(
+                GaugeMetricFamily(
+                    "satapi_wms_downloads_in_progress",
+                    "Distinct image downloads running now (shared requests count once).",
+                    value=sources.images.downloads_in_progress,
+                )
+            )
+        if sources.store is not None:
+            store = sources.store.stats()
+            out.append(
+                GaugeMetricFamily(
+                    "satapi_store_size_bytes",
+                    "Bytes of images in the local store.",
+                    value=store.get("bytes", 0),
+                )
+            )
+            out.append(
+                GaugeMetricFamily(
+                    "satapi_store_files", "Images in the local store.", value=store.get("files", 0)
+                )
+            )
+            out.append(
+                CounterMetricFamily(
+                    "satapi_store_evictions",
+                    "Images evicted from the store to keep it under its size limit.",
+                    value=store.get("evictions", 0),
+                )
+            )
+        return out
+
+
+class Metrics:
+    """The app's metrics; implements `satapi.observe.Observer`.
+
+    Each instance owns its registry, so several apps in one process do not collide. With
+    `multiprocess_dir` (prometheus-client's `PROMETHEUS_MULTIPROC_DIR`), counters and histograms
+    are summed over every worker process that writes there; the scrape-time gauges describe the
+    worker that answers the scrape.
+    """
+
+    def __init__(self, *, multiprocess_dir: Path | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self._multiprocess_dir = multiprocess_dir
+        self._sources: _Sources | None = None
+        self._state = _StateCollector(self)
+        if multiprocess_dir is None:
+            self.registry.register(self._state)
+        r = self.registry
+        self.http_requests = Counter(
+            "satapi_http_requests",
+            "HTTP requests by method, route template and status.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "satapi_http_request_duration_seconds",
+            "HTTP request duration (streamed responses: until the last byte).",
+            ["method", "route"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.downloads = Counter(
+            "satapi_wms_downloads",
+            "Image requests by provider and how they were settled (ok = downloaded; cache_hit; "
+            "shared = joined another request's download; wms_exception, timeout, shed, error, "
+            "cancelled). A failed download counts once however many requests waited for it.",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self.download_duration = Histogram(
+            "satapi_wms_download_duration_seconds",
+            "Duration of WMS downloads (transfer, retries and verification; queue wait excluded).",
+            ["provider", "outcome"],
+            buckets=DOWNLOAD_BUCKETS,
+            registry=r,
+        )
+        self.download_bytes = Counter(
+            "satapi_wms_download_bytes",
+            "Bytes of images downloaded from WMS servers.",
+            ["provider"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "satapi_wms_queue_wait_seconds",
+            "Time downloads waited for WMS permits (global and provider caps).",
+            ["provider"],
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.shed_requests = Counter(
+            "satapi_wms_shed",
+            "WMS requests refused at once (503) because too many already waited for a permit.",
+            ["provider"],
+            registry=r,
+        )
+        self.analyses = Counter(
+            "satapi_analyses",
+            "Analyses by analyzer, model and outcome.",
+            ["analyzer", "model", "outcome"],
+            registry=r,
+        )
+        self.analysis_duration = Histogram(
+            "satapi_analysis_duration_seconds",
+            "Duration of analyses.",
+            ["analyzer", "model"],
+            buckets=ANALYSIS_BUCKETS,
+            registry=r,
+        )
+        self.ai_input_tokens = Counter(
+            "satapi_ai_input_tokens",
+            "Input tokens billed by the AI provider.",
+            ["analyzer", "model"],
+            registry=r,
+        )
+        self.ai_output_tokens = Counter(
+            "satapi_ai_output_tokens",
+            "Output tokens billed by the AI provider.",
+            ["analyzer", "model"],
+            registry=r,
+        )
+
+    # -- scrape-time sources ---------------------------------------------------------------------
+
+    def watch(
+        self,
+        limiter: _StatsSource,
+        store: _StoreSource | None = None,
+        images: _FlightSource | None = None,
+    ) -> None:
+        """Report the limiter's, the store's and the image service's state at each scrape."""
+        self._sources = _Sources(limiter=limiter, store=store, images=images)
+
+    def unwatch(self) -> None:
+        """Stop reporting state (the resources are closing)."""
+        self._sources = None
+
+    # -- exposition --------------------------------------------------------------------------------
+
+    @property
+    def multiprocess(self) -> bool:
+        """True when the exposition sums the files of several worker processes."""
+        return self._multiprocess_dir is not None
+
+    def render(self) -> tuple[bytes, str]:
+        """The text exposition of every metric, and its content type."""
+        if self._multiprocess_dir is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self._multiprocess_dir))  # type: ignore[no-untyped-call]
+        registry.register(self._state)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+    # -- Observer --------------------------------------------------------------------------------
+
+    def request(self, *, method: str, route: str, status: int, duration_s: float) -> None:
+        """Count a finished HTTP request and observe its duration."""
+        method = method if method in METHODS else "OTHER"
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_duration.labels(method, route).observe(duration_s)
+
+    def download(
+        self,
+        *,
+        provider: str,
+        layer: str | None,
+        outcome: str,
+        duration_s: float,
+        nbytes: int,
+        queue_wait_s: float,
+        source_url: str | None = None,
+        error: str | None = None,
+        image_id: str | None = None,
+    ) -> None:
+        """Count a settled image request; downloads also feed the duration and byte series."""
+        self.downloads.labels(provider, outcome).inc()
+        if outcome in TRANSFER_OUTCOMES:
+            self.download_duration.labels(provider, outcome).observe(duration_s)
+            self.queue_wait.labels(provider).observe(queue_wait_s)
+        if outcome == "ok":
+            self.download_bytes.labels(provider).inc(nbytes)
+
+    def shed(self, provider: str) -> None:
+        """Count a request refused by load shedding."""
+        self.shed_requests.labels(provider).inc()
+
+    def analysis(
+        self,
+        *,
+        analyzer: str,
+        model: str | None,
+        outcome: str,
+        duration_s: float,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> None:
+        """Count a finished analysis, its duration and its tokens."""
+        model_label = model or ""
+        self.analyses.labels(analyzer, model_label, outcome).inc()
+        self.analysis_duration.labels(analyzer, model_label).observe(duration_s)
+        if input_tokens:
+            self.ai_input_tokens.labels(analyzer, model_label).inc(input_tokens)
+        if output_tokens:
+            self.ai_output_tokens.labels(analyzer, model_label).inc(output_tokens)
