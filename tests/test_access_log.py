@@ -1,0 +1,253 @@
+"""Access and download log lines: one per request and per download, JSON or text, no secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+from xml.sax.saxutils import escape
+
+import httpx
+import pytest
+import respx
+from asgi_lifespan import LifespanManager
+from starlette.applications import Starlette
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+
+from satapi.access_log import AccessLogMiddleware
+from satapi.app import create_app
+from satapi.config import Settings
+from satapi.logs import setup_logging
+from satapi.middleware import RequestIdMiddleware
+from tests.conftest import WMS_URL, png_bytes
+
+BODY = {"bbox": [10, 45, 14, 47], "width": 64, "height": 32}
+SECRET = "wms-key-9f8e7d6c5b4a3210"
+
+
+def echoing_wms(request: httpx.Request) -> httpx.Response:
+    """A PNG, or for LAYERS=broken a ServiceException that echoes the whole request URL."""
+    if request.url.params["LAYERS"] == "broken":
+        xml = (
+            '<?xml version="1.0"?><ServiceExceptionReport version="1.3.0">'
+            f'<ServiceException code="LayerNotDefined">bad request {escape(str(request.url))}'
+            "</ServiceException></ServiceExceptionReport>"
+        )
+        return httpx.Response(200, content=xml.encode(), headers={"content-type": "text/xml"})
+    w, h = int(request.url.params["WIDTH"]), int(request.url.params["HEIGHT"])
+    return httpx.Response(200, content=png_bytes(w, h), headers={"content-type": "image/png"})
+
+
+@asynccontextmanager
+async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://satapi.test"
+        ) as c,
+    ):
+        yield c
+
+
+@contextmanager
+def service_logging(
+    fmt: str, secrets: list[str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[io.StringIO]:
+    """The service's own logging set-up (as `satapi serve` does it), writing to a buffer."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging.getLogger("uvicorn.access").disabled)
+    buffer = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buffer)
+    setup_logging(fmt, "debug", secrets)
+    try:
+        yield buffer
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        logging.getLogger("uvicorn.access").disabled = saved[2]
+
+
+def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "satapi.access"]
+
+
+async def test_one_line_per_request_with_id_route_and_status(
+    client: httpx.AsyncClient, wms: respx.Router, caplog: pytest.LogCaptureFixture
+) -> None:
+    wms.get(WMS_URL).mock(side_effect=echoing_wms)
+    caplog.set_level(logging.DEBUG)
+    created = await client.post("/api/images", json=BODY, headers={"X-Request-ID": "req-1"})
+    image_id = created.json()["image"]["id"]
+    fetched = await client.get(f"/api/images/{image_id}?token=abc")
+    missing = await client.get("/nowhere")
+    records = [vars(r) for r in access_records(caplog)]
+    assert len(records) == 3
+    first, second, third = records
+    assert (first["request_id"], first["method"], first["route"], first["status"]) == (
+        "req-1",
+        "POST",
+        "/api/images",
+        200,
+    )
+    assert second["request_id"] == fetched.headers["x-request-id"]
+    assert second["route"] == "/api/images/{image_id}" and second["status"] == 200
+    assert second["bytes"] == len(png_bytes(64, 32))
+    assert second["path"] == f"/api/images/{image_id}" and "token" not in second["msg"]
+    assert third["route"] == "<unmatched>" and third["status"] == missing.status_code == 404
+    for record in records:
+        assert record["duration_ms"] >= 0 and record["client"]
+    # One download line, for the first request (the GET reads the store, no download).
+    downloads = [vars(r) for r in caplog.records if r.name == "satapi.wms"]
+    assert len(downloads) == 1
+    line = downloads[0]
+    assert (line["provider"], line["layer"], line["cache"], line["outcome"]) == (
+        "test",
+        "scene",
+        "miss",
+        "ok",
+    )
+    assert line["bytes"] > 0 and line["queue_wait_ms"] >= 0 and line["duration_ms"] >= 0
+
+
+async def test_probes_and_scrapes_are_debug_only(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await client.get("/healthz")
+    await client.get("/metrics")
+    records = access_records(caplog)
+    assert [r.levelno for r in records] == [logging.DEBUG, logging.DEBUG]
+    assert [vars(r)["route"] for r in records] == ["/healthz", "/metrics"]
+
+
+async def test_json_lines_parse_and_no_secret_appears(
+    make_settings: Callable[..., Settings], wms: respx.Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(
+        providers={
+            "test": {
+                "url": WMS_URL,
+                "default_layer": "scene",
+                "secret_params": {"apikey": SECRET},
+            }
+        },
+        log_format="json",
+    )
+    route = wms.get(WMS_URL).mock(side_effect=echoing_wms)
+    with service_logging("json", settings.secrets, monkeypatch) as buffer:
+        async with app_client(settings) as c:
+            ok = await c.post("/api/images", json=BODY)
+            hit = await c.post("/api/images", json=BODY)
+            broken = await c.post("/api/images", json={**BODY, "layer": "broken"})
+            logging.getLogger("satapi.test").info("a stray mention of %s", SECRET)
+    assert (ok.status_code, hit.status_code, broken.status_code) == (200, 200, 502)
+    # The WMS did get the key, and echoed it back in its error.
+    assert all(call.request.url.params["apikey"] == SECRET for call in route.calls)
+    assert SECRET not in broken.text
+    output = buffer.getvalue()
+    assert SECRET not in output
+    lines = [json.loads(line) for line in output.splitlines() if line.strip()]
+    requests = [entry for entry in lines if entry.get("event") == "request"]
+    downloads = [entry for entry in lines if entry.get("event") == "download"]
+    assert [(e["route"], e["status"]) for e in requests] == [
+        ("/api/images", 200),
+        ("/api/images", 200),
+        ("/api/images", 502),
+    ]
+    assert all(e["request_id"] and e["level"] == "info" for e in requests[:2])
+    # A download line carries the id of the request that started it.
+    assert [e["request_id"] for e in downloads] == [e["request_id"] for e in requests]
+    assert [(e["cache"], e["outcome"]) for e in downloads] == [
+        ("miss", "ok"),
+        ("hit", "cache_hit"),
+        ("miss", "wms_exception"),
+    ]
+    assert all("apikey=%2A%2A%2A" in e["source_url"] for e in downloads)
+    assert downloads[2]["error"] == "wms_exception" and downloads[2]["level"] == "warning"
+    stray = next(e for e in lines if e["logger"] == "satapi.test")
+    assert stray["msg"] == "a stray mention of ***"
+
+
+async def test_text_lines_are_key_value_without_secrets(
+    make_settings: Callable[..., Settings], wms: respx.Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(
+        providers={
+            "test": {"url": WMS_URL, "default_layer": "scene", "secret_params": {"key": SECRET}}
+        }
+    )
+    wms.get(WMS_URL).mock(side_effect=echoing_wms)
+    with service_logging("text", settings.secrets, monkeypatch) as buffer:
+        async with app_client(settings) as c:
+            await c.post("/api/images", json=BODY, headers={"X-Request-ID": "text-1"})
+            await c.post("/api/images", json={**BODY, "layer": "broken"})
+    output = buffer.getvalue()
+    assert SECRET not in output
+    access = [line for line in output.splitlines() if "satapi.access:" in line]
+    assert len(access) == 2
+    assert "POST /api/images 200" in access[0]
+    for part in ("request_id=text-1", "route=/api/images", "status=200", "duration_ms="):
+        assert part in access[0]
+    download = next(line for line in output.splitlines() if "satapi.wms: download ok" in line)
+    assert "provider=test" in download and "cache=miss" in download and "queue_wait_ms=" in download
+    assert "\x1b[" not in output  # no colour codes, no emoji: plain text
+
+
+async def test_streamed_response_is_logged_when_it_finishes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(3):
+            await asyncio.sleep(0.1)
+            yield f"data: {i}\n\n".encode()
+
+    async def events(_request: Any) -> StreamingResponse:
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    seen: list[tuple[str, str, int, float]] = []
+
+    class Recorder:
+        def request(self, *, method: str, route: str, status: int, duration_s: float) -> None:
+            seen.append((method, route, status, duration_s))
+
+    app = RequestIdMiddleware(
+        AccessLogMiddleware(
+            Starlette(routes=[Route("/stream/{name}", events)]),
+            observer=Recorder(),  # type: ignore[arg-type]
+        )
+    )
+    caplog.set_level(logging.INFO)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        started = time.perf_counter()
+        r = await c.get("/stream/abc")
+        elapsed = time.perf_counter() - started
+    assert r.status_code == 200 and r.text.count("data:") == 3
+    (record,) = (vars(r) for r in access_records(caplog))
+    assert record["route"] == "/stream/{name}"
+    assert record["duration_ms"] >= 300 * 0.9
+    assert record["duration_ms"] <= elapsed * 1000 + 1
+    assert record["ttfb_ms"] < record["duration_ms"]
+    assert seen and seen[0][:3] == ("GET", "/stream/{name}", 200) and seen[0][3] >= 0.27
+
+
+async def test_unhandled_error_is_logged_as_500(caplog: pytest.LogCaptureFixture) -> None:
+    async def boom(_request: Any) -> None:
+        raise RuntimeError("kaboom")
+
+    app = AccessLogMiddleware(Starlette(routes=[Route("/boom", boom)]))
+    caplog.set_level(logging.INFO)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://t"
+    ) as c:
+        r = await c.get("/boom")
+    assert r.status_code == 500
+    (record,) = (vars(r) for r in access_records(caplog))
+    assert record["status"] == 500 and record["error"] == "RuntimeError"
+    assert record["levelno"] == logging.WARNING

@@ -1,0 +1,238 @@
+"""/docs in headless Chromium with every non-local request blocked: "Try it out" answers 200.
+
+Runs `python -m satapi serve` against a tiny WMS on 127.0.0.1. Skipped without Chromium or the
+playwright package, unless SATAPI_REQUIRE_BROWSER=1 (then it fails instead).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+import pytest
+import uvicorn
+from PIL import Image
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("SATAPI_CHROMIUM", "/usr/bin/chromium")
+REQUIRE_ENV_VAR = "SATAPI_REQUIRE_BROWSER"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+SECRET = "docs-test-wms-key-5a4b3c2d1e"
+BBOX = [10.0, 45.0, 14.0, 47.0]
+
+
+def _missing() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install -e '.[test]')"
+    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _require_browser() -> None:
+    missing = _missing()
+    if missing is None:
+        return
+    if os.environ.get(REQUIRE_ENV_VAR) == "1":
+        pytest.fail(f"{missing} ({REQUIRE_ENV_VAR}=1)", pytrace=False)
+    pytest.skip(missing)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class TinyWMS:
+    """GetMap answers a green PNG of the requested WIDTH x HEIGHT; counts the requests."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, str]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        params = {k.upper(): v for k, v in parse_qsl(scope["query_string"].decode())}
+        self.requests.append(params)
+        buf = io.BytesIO()
+        size = (int(params.get("WIDTH", "1")), int(params.get("HEIGHT", "1")))
+        Image.new("RGB", size, (34, 139, 34)).save(buf, format="PNG")
+        body = buf.getvalue()
+        headers = [(b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture(scope="module")
+def tiny_wms() -> Iterator[tuple[TinyWMS, str]]:
+    """The tiny WMS under uvicorn in a thread; yields it and its GetMap URL."""
+    wms = TinyWMS()
+    port = free_port()
+    config = uvicorn.Config(
+        wms, host="127.0.0.1", port=port, lifespan="off", log_config=None, ws="none"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="tiny-wms", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "tiny WMS did not start"
+        time.sleep(0.02)
+    try:
+        yield wms, f"http://127.0.0.1:{port}/wms"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def service(
+    tiny_wms: tuple[TinyWMS, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
+    """`python -m satapi serve` whose only provider is the tiny WMS; yields its URL and log."""
+    _, wms_url = tiny_wms
+    root = tmp_path_factory.mktemp("docs-browser")
+    config = root / "satapi.toml"
+    config.write_text(
+        f'data_dir = "{root / "data"}"\n'
+        'default_provider = "local"\n'
+        "[providers.local]\n"
+        f'url = "{wms_url}"\n'
+        'default_layer = "scene"\n'
+        'title = "Local test WMS"\n'
+        f'secret_params = {{ key = "{SECRET}" }}\n'
+        "[providers.gibs]\nenabled = false\n"
+        "[providers.eox]\nenabled = false\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SATAPI_", "ANTHROPIC_"))}
+    env.update({"SATAPI_CONFIG": str(config), "SATAPI_LOG_FORMAT": "json"})
+    port = free_port()
+    log_path = root / "service.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "satapi", "serve", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None, log_path.read_text()
+                try:
+                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "satapi did not start:\n" + log_path.read_text()
+                time.sleep(0.1)
+            yield base, log_path
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def try_it_out(page: Any, operation_id: str, body: dict[str, Any]) -> Any:
+    """Open an operation, enter `body`, execute it; returns the operation's block."""
+    from playwright.sync_api import expect
+
+    block = page.locator(f"[id$='-{operation_id}']")
+    block.locator(".opblock-summary").first.click()
+    block.get_by_role("button", name="Try it out").click()
+    editor = block.locator("textarea.body-param__text")
+    expect(editor).to_contain_text('"bbox"')  # the documented example, ready to edit
+    editor.fill(json.dumps(body, indent=2))
+    block.locator("button.execute").click()
+    status = block.locator(".live-responses-table tbody .response-col_status").first
+    expect(status).to_have_text("200", timeout=30_000)
+    return block
+
+
+def test_docs_try_it_out_offline(service: tuple[str, Path], tiny_wms: tuple[TinyWMS, str]) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    base, log_path = service
+    wms, _ = tiny_wms
+    blocked: list[str] = []
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    def only_local(route: Any) -> None:
+        if urlsplit(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 1400})
+            context.route("**/*", only_local)
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{base}/docs", wait_until="networkidle")
+            expect(page.locator(".information-container .title")).to_contain_text("satapi")
+
+            image = {"bbox": BBOX, "width": 96, "height": 64, "format": "image/png"}
+            block = try_it_out(page, "fetch_image_api_images_post", image)
+            expect(
+                block.locator(".live-responses-table tbody .response-col_description")
+            ).to_contain_text('"success": true')
+            analysis = {**image, "analyzer": "local"}
+            block = try_it_out(
+                page, "analyze_satellite_api_vision_analyze_satellite_post", analysis
+            )
+            expect(
+                block.locator(".live-responses-table tbody .response-col_description")
+            ).to_contain_text("vegetation_fraction")
+            block.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "docs.png"))
+
+            page.goto(f"{base}/redoc", wait_until="networkidle")
+            expect(page.locator("h1").first).to_contain_text("satapi")
+            assert not errors, errors
+        finally:
+            browser.close()
+
+    assert blocked == [], f"the explorer tried to reach the network: {blocked}"
+    assert len(wms.requests) == 1  # the analysis reused the stored image
+    assert wms.requests[0]["KEY"] == SECRET
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    executed = [e for e in lines if e.get("event") == "request" and e["route"].startswith("/api/")]
+    assert [(e["method"], e["route"], e["status"]) for e in executed] == [
+        ("POST", "/api/images", 200),
+        ("POST", "/api/vision/analyze_satellite", 200),
+    ]
+    assert SECRET not in log_path.read_text()
