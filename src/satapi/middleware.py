@@ -1,7 +1,8 @@
-"""Plain ASGI middleware: request ids and the request body size limit."""
+"""Plain ASGI middleware: request ids, the request body size limit, the request deadline."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -116,3 +117,54 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class DeadlineMiddleware:
+    """Gives every HTTP request a deadline of `seconds`.
+
+    A request still without a response at the deadline is cancelled and answered 504
+    (`request_timeout`); one whose response already started (a stream) is cancelled and closed.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.seconds):
+                await self.app(scope, receive, tracking_send)
+        except TimeoutError:
+            if started:
+                return
+            request_id = scope.get("state", {}).get("request_id")
+            body = json.dumps(
+                {
+                    "success": False,
+                    "error": f"The request did not complete within {self.seconds:g} s.",
+                    "code": "request_timeout",
+                    "request_id": request_id,
+                }
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 504,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
