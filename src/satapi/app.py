@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx2
 from fastapi import FastAPI
@@ -26,7 +27,7 @@ from satapi.imagery import ImageService
 from satapi.limits import LocalLimiter
 from satapi.logs import setup_logging
 from satapi.metrics import Metrics
-from satapi.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from satapi.middleware import BodyLimitMiddleware, DeadlineMiddleware, RequestIdMiddleware
 from satapi.models import ErrorResponse
 from satapi.observe import LogObserver, NullObserver, Observer, Observers
 from satapi.routers import analyses, comparison, health, images, providers, timeseries, vision
@@ -193,6 +194,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     add_exception_handlers(app)
+    _document_errors_as_json(app)
     install_docs(app)
     app.include_router(metrics_router)
     app.include_router(health.router)
@@ -210,10 +212,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "ETag", "Retry-After"],
         )
+    app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout_s)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLogMiddleware, observer=observer)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _document_errors_as_json(app: FastAPI) -> None:
+    """Document every 4xx/5xx as the JSON error envelope, also on SSE routes.
+
+    FastAPI gives additional responses the route's media type, so on an SSE route the envelope
+    would be documented as text/event-stream although errors are always JSON.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            envelope = {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    for status, response in operation.get("responses", {}).items():
+                        if status[:1] in ("4", "5"):
+                            response["content"] = {"application/json": dict(envelope)}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def app_from_env() -> FastAPI:
