@@ -140,6 +140,14 @@ def _fmt(value: float) -> str:
     return repr(float(value)).removesuffix(".0") if value == int(value) else repr(float(value))
 
 
+def _crs_name(crs: str, version: str) -> str:
+    """The SRS/CRS value to send: WMS 1.1.1 has no CRS:84 (1.3.0 introduced it), and its
+    EPSG:4326 is the same lon/lat order, so 1.1.1 servers get that instead."""
+    if version == "1.1.1" and crs.upper() in ("CRS:84", "OGC:CRS84"):
+        return "EPSG:4326"
+    return crs
+
+
 def build_target(name: str, provider: ProviderConfig, req: GetMapRequest) -> FetchTarget:
     """The GetMap download for `req` on provider `name` (SRS vs CRS, axis order, exceptions)."""
     validate_bbox(req.bbox, req.crs)
@@ -152,7 +160,7 @@ def build_target(name: str, provider: ProviderConfig, req: GetMapRequest) -> Fet
         ("REQUEST", "GetMap"),
         ("LAYERS", req.layer),
         ("STYLES", req.style),
-        ("SRS" if version == "1.1.1" else "CRS", req.crs),
+        ("SRS" if version == "1.1.1" else "CRS", _crs_name(req.crs, version)),
         ("BBOX", wms_bbox(req, version)),
         ("WIDTH", str(req.width)),
         ("HEIGHT", str(req.height)),
