@@ -678,13 +678,6 @@ async def test_disconnect_while_queued_for_a_permit_leaves_the_queue(
     assert tiny_wms.calls == CAP  # the queued stream never reached the WMS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Known gap: under a real server a plain JSON request is not cancelled when its "
-    "client disconnects (ASGI apps only learn of it from receive()), so its download keeps "
-    "its WMS permit until it ends. In-process tests (ASGITransport) cancel the task directly "
-    "and do not show this.",
-)
 async def test_disconnected_json_request_cancels_its_download(
     http: httpx.AsyncClient, tiny_wms: TinyWMS, satapi: Satapi
 ) -> None:

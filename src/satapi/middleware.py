@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import uuid
@@ -47,7 +48,12 @@ class RequestIdMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses request bodies over `max_bytes` with 413, by Content-Length and while streaming."""
+    """Reads the (small) request body first: over `max_bytes` it is refused with 413.
+
+    With the body read, the request runs while the connection is watched: when the client goes
+    away before the answer is complete, the request is cancelled, and with it its download
+    (unless other requests share it), so no WMS permit is held for nobody.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -88,9 +94,6 @@ class BodyLimitMiddleware:
                 if too_big:
                     await self._reject(scope, send)
                     return
-        if scope.get("method") in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
         # Bodies are small JSON documents: read the whole body (up to the limit) before the app
         # sees it, so an oversized chunked body is refused with 413 like a declared one.
         chunks: list[bytes] = []
@@ -116,7 +119,36 @@ class BodyLimitMiddleware:
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        await _cancel_on_disconnect(self.app, scope, replay, send, receive)
+
+
+async def _cancel_on_disconnect(
+    app: ASGIApp, scope: Scope, app_receive: Receive, send: Send, client_receive: Receive
+) -> None:
+    finished = False
+
+    async def tracking_send(message: Message) -> None:
+        nonlocal finished
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            finished = True
+        await send(message)
+
+    async def watch() -> None:
+        while (await client_receive())["type"] != "http.disconnect":
+            pass
+
+    handler = asyncio.ensure_future(app(scope, app_receive, tracking_send))
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not handler.done() and not finished:
+            handler.cancel()  # the client left before its answer was complete
+        with contextlib.suppress(asyncio.CancelledError):
+            await handler
+    finally:
+        for task in (handler, watcher):
+            task.cancel()
+        await asyncio.gather(handler, watcher, return_exceptions=True)
 
 
 class DeadlineMiddleware:
