@@ -107,6 +107,10 @@ class ImageService:
             self._report(target, "cache_hit", nbytes=record.bytes)
             return FetchedImage(record=record, cached=True)
         flight = self._flights.get(image_id)
+        if flight is not None and flight.task.cancelling():
+            # Its last waiter left and it is unwinding: joining it could only end in
+            # CancelledError, so start afresh (its clean-up does not touch the new download).
+            flight = None
         shared = flight is not None
         if flight is None:
             flight = self._start(target)
@@ -246,7 +250,15 @@ class ImageService:
         self, target: FetchTarget, stage: StageCallback, stats: DownloadStats
     ) -> FetchedImage:
         started = time.perf_counter()
-        writer = await self.store.open_writer(target.image_id)
+        # The open runs in a worker thread and completes even if this task is cancelled
+        # meanwhile: then close and remove what it made instead of leaking a temp file.
+        opening = asyncio.ensure_future(self.store.open_writer(target.image_id))
+        try:
+            writer = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await (await opening).abort()
+            raise
         try:
             await self.client.download(
                 target, writer, on_transfer=lambda: stage("downloading"), stats=stats

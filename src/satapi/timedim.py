@@ -49,6 +49,13 @@ def expand_range(start: str, end: str, step: str, *, limit: int) -> list[str]:
     if last < first:
         raise InvalidRequest("end must not be before start.")
     duration = parse_step(step)
+    days_part = duration.tdelta if isinstance(duration, isodate.Duration) else duration
+    if not isinstance(first, dt.datetime) and days_part % dt.timedelta(days=1):
+        # A date plus hours stays on the same date: PT12H would list every date twice.
+        raise InvalidRequest(
+            "With dates (no time of day) the step must be whole days, weeks, months or years; "
+            "give start and end as date-times for a step with hours, minutes or seconds."
+        )
     dates: list[str] = []
     k = 0
     while True:
