@@ -6,11 +6,12 @@ import asyncio
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urljoin, urlsplit, urlunsplit
 
 import httpx2
 import stamina
@@ -221,10 +222,16 @@ def target_from_url(url: str, policy: UrlPolicy, *, max_px: int) -> FetchTarget:
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret value replaced by `***`."""
+    """`text` with every secret value replaced by `***`, also where it is URL-encoded.
+
+    A server that echoes the request URL sends a secret such as ``a+b/c=`` back as
+    ``a%2Bb%2Fc%3D`` (any hex case), which a plain search for the value would miss.
+    """
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
+            for encoded in {quote(secret, safe=""), quote_plus(secret)} - {secret}:
+                text = re.sub(re.escape(encoded), "***", text, flags=re.IGNORECASE)
     return text
 
 
@@ -444,8 +451,15 @@ class WMSClient:
                         continue
                     await self._consume(response, writer, stats, shown)
                     return
+            except httpx2.TimeoutException as exc:
+                # A server that stops answering is a timeout (504) whichever deadline fires
+                # first, the per-read one here or the total one in `download`.
+                raise _Transient(
+                    UpstreamTimeout(
+                        f"The WMS server did not answer in time ({type(exc).__name__}) for {shown}."
+                    )
+                ) from None
             except (
-                httpx2.TimeoutException,
                 httpx2.NetworkError,
                 httpx2.RemoteProtocolError,
             ) as exc:
