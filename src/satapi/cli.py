@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from types import FrameType
 
 import uvicorn
 
@@ -31,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `satapi` console script."""
     args = _parser().parse_args(argv)
@@ -43,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         print(settings.model_dump_json(indent=2))
         return 0
     setup_logging(settings.log_format, settings.log_level, settings.secrets)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal under the handler that
+    # was installed before it ran: with the default one, a clean shutdown would still end the
+    # process "killed by SIGTERM" (exit status 143) instead of 0.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     uvicorn.run(
         "satapi.app:app_from_env",
         factory=True,
