@@ -145,6 +145,7 @@ class _LocalWriter:
         self.bytes_written = 0
         self._file: Any = None
         self._done = False
+        store._writers.add(self)
 
     async def _open(self) -> None:
         await aiofiles.os.makedirs(self.temp_path.parent, exist_ok=True)
@@ -181,6 +182,7 @@ class _LocalWriter:
             await _remove_quietly(self.temp_path)
             raise
         self._done = True
+        self._store._writers.discard(self)
         self._store._remember(record)
 
     async def abort(self) -> None:
@@ -191,6 +193,7 @@ class _LocalWriter:
             with contextlib.suppress(Exception):
                 await self._file.close()
         await _remove_quietly(self.temp_path)
+        self._store._writers.discard(self)
 
 
 async def _remove_quietly(path: Path) -> None:
@@ -216,6 +219,7 @@ class LocalImageStore:
         self._reading: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._writers: set[_LocalWriter] = set()  # not yet committed or aborted
 
     # -- paths ----------------------------------------------------------------------------------
 
@@ -270,6 +274,11 @@ class LocalImageStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        # Downloads cut off by a forced shutdown may not get to run their own clean-up; remove
+        # the temp files of this process's unfinished writers (never other processes' files).
+        for writer in list(self._writers):
+            self._writers.discard(writer)
+            await _remove_quietly(writer.temp_path)
 
     # -- reads ----------------------------------------------------------------------------------
 
