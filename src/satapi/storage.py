@@ -316,7 +316,11 @@ class LocalImageStore:
 
     async def open_writer(self, image_id: str) -> ImageWriter:
         writer = _LocalWriter(self, image_id)
-        await writer._open()
+        try:
+            await writer._open()
+        except Exception:
+            await writer.abort()  # e.g. a full disk: forget the writer, nothing to clean up
+            raise
         return writer
 
     async def put_bytes(self, record: ImageRecord, data: bytes) -> None:
