@@ -187,7 +187,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Satellite imagery from WMS servers, analysed by Claude or a local pixel analyzer.",
         lifespan=lifespan,
-        responses=ERROR_RESPONSES,
         docs_url=None,  # served by install_docs from installed files, not a CDN
         redoc_url=None,
     )
@@ -198,12 +197,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app)
     app.include_router(metrics_router)
     app.include_router(health.router)
-    app.include_router(providers.router)
-    app.include_router(images.router)
-    app.include_router(vision.router)
-    app.include_router(comparison.router)
-    app.include_router(timeseries.router)
-    app.include_router(analyses.router)
+    for api in (providers, images, vision, comparison, timeseries, analyses):
+        app.include_router(api.router, responses=ERROR_RESPONSES)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
