@@ -13,7 +13,7 @@ from fastapi.responses import Response
 
 from satapi.analysis import AnalysisService
 from satapi.deps import AnalysisDep, ImagesDep, SettingsDep, require_api_key
-from satapi.errors import InvalidRequest, SatapiError
+from satapi.errors import SatapiError
 from satapi.imagery import FetchedImage, ImageService
 from satapi.models import ImageMeta, TimeseriesPoint, TimeseriesRequest, TimeseriesResponse
 from satapi.timedim import check_count, expand_range, parse_when, time_available
@@ -148,8 +148,6 @@ async def timeseries(
     not have are reported (`time_not_available`), not silently snapped. `Accept: text/csv`
     returns the metrics as CSV.
     """
-    if body.bbox is None:
-        raise InvalidRequest("bbox is required.")
     series = await build_series(body, images, analysis, settings.max_timeseries_dates)
     if accept and "text/csv" in accept:
         return Response(to_csv(series), media_type="text/csv")
