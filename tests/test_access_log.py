@@ -251,3 +251,29 @@ async def test_unhandled_error_is_logged_as_500(caplog: pytest.LogCaptureFixture
     (record,) = (vars(r) for r in access_records(caplog))
     assert record["status"] == 500 and record["error"] == "RuntimeError"
     assert record["levelno"] == logging.WARNING
+
+
+def test_tracebacks_are_redacted_too() -> None:
+    """A secret inside an exception's text never reaches the log output."""
+    import io
+    import logging as _logging
+
+    from satapi.logs import JsonFormatter, TextFormatter, _Redactor
+
+    for formatter in (TextFormatter(), JsonFormatter()):
+        stream = io.StringIO()
+        handler = _logging.StreamHandler(stream)
+        handler.setFormatter(formatter)
+        handler.addFilter(_Redactor(["s3cr3t+/="]))
+        logger = _logging.getLogger(f"satapi.test.redact.{type(formatter).__name__}")
+        logger.propagate = False
+        logger.addHandler(handler)
+        try:
+            raise RuntimeError("GET http://wms.test/wms?key=s3cr3t%2B%2F%3D failed (s3cr3t+/=)")
+        except RuntimeError:
+            logger.exception("download failed")
+        finally:
+            logger.removeHandler(handler)
+        out = stream.getvalue()
+        assert "RuntimeError" in out and "***" in out
+        assert "s3cr3t" not in out

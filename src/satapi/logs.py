@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from satapi.middleware import request_id_var
+from satapi.redaction import redact
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
@@ -21,18 +22,25 @@ class _Redactor(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self._secrets:
-            message = record.getMessage()
-            for secret in self._secrets:
-                message = message.replace(secret, "***")
-            record.msg, record.args = message, None
+            record.msg, record.args = redact(record.getMessage(), self._secrets), None
             for key, value in list(record.__dict__.items()):
                 if key not in _RESERVED and isinstance(value, str):
-                    for secret in self._secrets:
-                        value = value.replace(secret, "***")
-                    record.__dict__[key] = value
+                    record.__dict__[key] = redact(value, self._secrets)
+            if record.exc_info and not record.exc_text:
+                # Tracebacks can quote URLs and headers: format once here, redacted, and let
+                # the formatters print this text instead of formatting the exception again.
+                text = logging.Formatter().formatException(record.exc_info)
+                record.exc_text = redact(text, self._secrets)
         if getattr(record, "request_id", None) is None:
             record.request_id = request_id_var.get()
         return True
+
+
+def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> str:
+    if record.exc_text:
+        return record.exc_text
+    assert record.exc_info is not None
+    return formatter.formatException(record.exc_info)
 
 
 def _extra(record: logging.LogRecord) -> dict[str, Any]:
@@ -55,8 +63,8 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         data.update(_extra(record))
-        if record.exc_info:
-            data["exc"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            data["exc"] = _exception_text(self, record)
         return json.dumps(data, default=str)
 
 
@@ -69,8 +77,8 @@ class TextFormatter(logging.Formatter):
         line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
         if pairs:
             line += " " + pairs
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            line += "\n" + _exception_text(self, record)
         return line
 
 
