@@ -409,6 +409,16 @@ async def test_every_api_route_needs_a_key(keyed: httpx.AsyncClient, anywhere: r
     assert not anywhere.called
 
 
+async def test_key_is_checked_before_the_body(keyed: httpx.AsyncClient) -> None:
+    """Without a key, even a malformed or oversized body gets 401: nothing is parsed first."""
+    for content in (b"{not json", b"[]", b'{"bbox": "x"}'):
+        r = await keyed.post(
+            "/api/images", content=content, headers={"content-type": "application/json"}
+        )
+        assert_envelope(r, 401, "unauthorized")
+        assert r.headers["www-authenticate"] == "Bearer"
+
+
 async def test_probes_need_no_key(keyed: httpx.AsyncClient) -> None:
     for path in ("/healthz", "/readyz"):
         r = await keyed.get(path)

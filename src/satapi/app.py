@@ -27,7 +27,12 @@ from satapi.imagery import ImageService
 from satapi.limits import LocalLimiter
 from satapi.logs import setup_logging
 from satapi.metrics import Metrics
-from satapi.middleware import BodyLimitMiddleware, DeadlineMiddleware, RequestIdMiddleware
+from satapi.middleware import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    DeadlineMiddleware,
+    RequestIdMiddleware,
+)
 from satapi.models import ErrorResponse
 from satapi.observe import LogObserver, NullObserver, Observer, Observers
 from satapi.routers import analyses, comparison, health, images, providers, timeseries, vision
@@ -199,6 +204,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     for api in (providers, images, vision, comparison, timeseries, analyses):
         app.include_router(api.router, responses=ERROR_RESPONSES)
+    # Added first, so innermost: CORS (when set) answers preflights before the key check.
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -3,16 +3,51 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from contextvars import ContextVar
 
+from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from satapi.auth import bearer_token, check_api_key
+from satapi.errors import Unauthorized
 
 request_id_var: ContextVar[str | None] = ContextVar("satapi_request_id", default=None)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+async def send_error(
+    scope: Scope,
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """Answer with the JSON error envelope from plain ASGI code."""
+    body = json.dumps(
+        {
+            "success": False,
+            "error": message,
+            "code": code,
+            "request_id": scope.get("state", {}).get("request_id"),
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class RequestIdMiddleware:
@@ -60,26 +95,8 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def _reject(self, scope: Scope, send: Send) -> None:
-        request_id = scope.get("state", {}).get("request_id")
-        body = json.dumps(
-            {
-                "success": False,
-                "error": f"The request body is larger than {self.max_bytes} bytes.",
-                "code": "payload_too_large",
-                "request_id": request_id,
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        message = f"The request body is larger than {self.max_bytes} bytes."
+        await send_error(scope, send, 413, "payload_too_large", message)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -141,10 +158,16 @@ async def _cancel_on_disconnect(
     watcher = asyncio.ensure_future(watch())
     try:
         await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if not handler.done() and not finished:
+        client_left = not handler.done() and not finished
+        if client_left:
             handler.cancel()  # the client left before its answer was complete
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await handler
+        except asyncio.CancelledError:
+            # Our own cancellation (e.g. the server's shutdown) must go on; the handler's,
+            # caused by the client leaving, ends here.
+            if not client_left or not handler.cancelled():
+                raise
     finally:
         for task in (handler, watcher):
             task.cancel()
@@ -180,23 +203,39 @@ class DeadlineMiddleware:
         except TimeoutError:
             if started:
                 return
-            request_id = scope.get("state", {}).get("request_id")
-            body = json.dumps(
-                {
-                    "success": False,
-                    "error": f"The request did not complete within {self.seconds:g} s.",
-                    "code": "request_timeout",
-                    "request_id": request_id,
-                }
-            ).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 504,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
+            message = f"The request did not complete within {self.seconds:g} s."
+            await send_error(scope, send, 504, "request_timeout", message)
+
+
+class ApiKeyMiddleware:
+    """When API keys are configured, refuses `/api` requests without a valid one (401).
+
+    It runs before the body is read or validated, so an unauthenticated client learns nothing
+    about the request's validity. CORS preflights pass (the CORS middleware answers them).
+    """
+
+    def __init__(self, app: ASGIApp, keys: Sequence[SecretStr]) -> None:
+        self.app = app
+        self.keys = list(keys)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or not self.keys
+            or not (path == "/api" or path.startswith("/api/"))
+            or scope.get("method") == "OPTIONS"
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            check_api_key(
+                bearer_token(headers.get("authorization")), headers.get("x-api-key"), self.keys
             )
-            await send({"type": "http.response.body", "body": body})
+        except Unauthorized as exc:
+            await send_error(
+                scope, send, 401, exc.code, exc.message, [(b"www-authenticate", b"Bearer")]
+            )
+            return
+        await self.app(scope, receive, send)
