@@ -125,6 +125,7 @@ async def open_resources(
         observer=observer,
     )
     analyses = AnalysisStore(settings.data_dir)
+    await analyses.start()
     analyzers: dict[str, Analyzer] = {
         "local": LocalAnalyzer(cpu, max_pixels=settings.max_image_px**2)
     }

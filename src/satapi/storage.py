@@ -30,6 +30,32 @@ EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}
 CHUNK = 64 * 1024
 
 
+def temp_name(stem: str, suffix: str = "") -> str:
+    """A unique temporary file name that carries this process's id (see `is_stale_temp`)."""
+    return f"{TEMP_PREFIX}{os.getpid()}-{stem}-{uuid.uuid4().hex}{suffix}"
+
+
+def is_stale_temp(name: str) -> bool:
+    """True for a temp file whose writing process is gone (or that names no process).
+
+    With several workers sharing a data directory, a worker starting up must not delete the
+    temp files of downloads other workers still have in flight.
+    """
+    pid_text = name.removeprefix(TEMP_PREFIX).split("-", 1)[0]
+    if not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def check_id(value: str) -> str:
     """Return `value` if it is a well-formed id (64 lower-case hex digits), else raise."""
     if not _ID_RE.fullmatch(value):
@@ -139,9 +165,7 @@ class _LocalWriter:
     def __init__(self, store: LocalImageStore, image_id: str) -> None:
         self._store = store
         self.image_id = image_id
-        self.temp_path = store.meta_path(image_id).with_name(
-            f"{TEMP_PREFIX}{image_id}-{uuid.uuid4().hex}"
-        )
+        self.temp_path = store.meta_path(image_id).with_name(temp_name(image_id))
         self.bytes_written = 0
         self._file: Any = None
         self._done = False
@@ -168,7 +192,7 @@ class _LocalWriter:
     async def commit(self, record: ImageRecord) -> None:
         await self.finish()
         meta_path = self._store.meta_path(self.image_id)
-        meta_temp = meta_path.with_name(f"{TEMP_PREFIX}{self.image_id}-{uuid.uuid4().hex}.json")
+        meta_temp = meta_path.with_name(temp_name(self.image_id, ".json"))
         try:
             async with aiofiles.open(meta_temp, "w") as f:
                 await f.write(json.dumps(asdict(record)))
@@ -255,8 +279,9 @@ class LocalImageStore:
                 continue
             for path in shard.iterdir():
                 if path.name.startswith(TEMP_PREFIX):
-                    path.unlink(missing_ok=True)
-                    log.info("removed leftover temp file %s", path.name)
+                    if is_stale_temp(path.name):
+                        path.unlink(missing_ok=True)
+                        log.info("removed leftover temp file %s", path.name)
                 elif path.suffix == ".json":
                     try:
                         record = ImageRecord.from_json(json.loads(path.read_text()))
@@ -332,7 +357,7 @@ class LocalImageStore:
             await writer.abort()
 
     async def writable(self) -> bool:
-        probe = self.root / f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}"
+        probe = self.root / temp_name("probe")
         try:
             async with aiofiles.open(probe, "wb") as f:
                 await f.write(b"ok")
@@ -396,6 +421,11 @@ class AnalysisStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root) / "analyses"
 
+    async def start(self) -> None:
+        """Remove temp files left by processes that are gone."""
+        await aiofiles.os.makedirs(self.root, exist_ok=True)
+        await asyncio.to_thread(remove_temp_files, self.root)
+
     def _path(self, analysis_id: str) -> Path:
         return self.root / check_id(analysis_id)[:2] / f"{analysis_id}.json"
 
@@ -412,7 +442,7 @@ class AnalysisStore:
         """Store a result atomically."""
         path = self._path(analysis_id)
         await aiofiles.os.makedirs(path.parent, exist_ok=True)
-        temp = path.with_name(f"{TEMP_PREFIX}{analysis_id}-{uuid.uuid4().hex}")
+        temp = path.with_name(temp_name(analysis_id))
         try:
             async with aiofiles.open(temp, "w") as f:
                 await f.write(json.dumps(result))
@@ -423,11 +453,11 @@ class AnalysisStore:
 
 
 def remove_temp_files(root: Path) -> int:
-    """Remove leftover temp files under `root` (blocking; for start-up and shutdown)."""
+    """Remove leftover temp files of processes that are gone under `root` (blocking)."""
     count = 0
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
-            if name.startswith(TEMP_PREFIX):
+            if name.startswith(TEMP_PREFIX) and is_stale_temp(name):
                 Path(dirpath, name).unlink(missing_ok=True)
                 count += 1
     return count

@@ -1,0 +1,119 @@
+"""The image store on its own: atomic writes, TTL, LRU eviction, leftover temp files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from satapi.storage import (
+    TEMP_PREFIX,
+    AnalysisStore,
+    ImageRecord,
+    LocalImageStore,
+    is_stale_temp,
+    temp_name,
+)
+
+
+def record(n: int, size: int, **kw: object) -> ImageRecord:
+    return ImageRecord(
+        id=f"{n:064x}", content_type="image/png", bytes=size, width=1, height=1, **kw
+    )  # type: ignore[arg-type]
+
+
+async def test_abort_leaves_nothing_and_commit_is_atomic(tmp_path: Path) -> None:
+    store = LocalImageStore(tmp_path, max_bytes=10**6)
+    await store.start()
+    try:
+        writer = await store.open_writer(f"{1:064x}")
+        await writer.write(b"x" * 100)
+        assert writer.temp_path.name.startswith(TEMP_PREFIX)
+        assert await store.get(f"{1:064x}") is None  # nothing visible before commit
+        await writer.abort()
+        assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+        await store.put_bytes(record(2, 3), b"abc")
+        got = await store.get(f"{2:064x}")
+        assert got is not None and await store.read_bytes(got) == b"abc"
+    finally:
+        await store.close()
+
+
+async def test_expired_record_is_a_miss(tmp_path: Path) -> None:
+    store = LocalImageStore(tmp_path, max_bytes=10**6)
+    await store.start()
+    try:
+        await store.put_bytes(record(1, 1, expires_at=time.time() - 1), b"a")
+        await store.put_bytes(record(2, 1, expires_at=time.time() + 60), b"b")
+        await store.put_bytes(record(3, 1, expires_at=None), b"c")
+        assert await store.get(f"{1:064x}") is None
+        assert await store.get(f"{2:064x}") is not None
+        assert await store.get(f"{3:064x}") is not None
+    finally:
+        await store.close()
+
+
+async def test_lru_eviction_keeps_the_store_under_its_limit(tmp_path: Path) -> None:
+    store = LocalImageStore(tmp_path, max_bytes=300)
+    await store.start()
+    try:
+        for n in range(1, 4):
+            await store.put_bytes(record(n, 100), b"x" * 100)
+        assert await store.get(f"{1:064x}") is not None  # 1 is now the most recent
+        await store.put_bytes(record(4, 100), b"x" * 100)
+        assert await store.evict() == 1
+        assert await store.get(f"{2:064x}") is None  # least recently used went first
+        for n in (1, 3, 4):
+            assert await store.get(f"{n:064x}") is not None
+        assert store.stats() == {"bytes": 300, "files": 3, "evictions": 1}
+    finally:
+        await store.close()
+
+
+async def test_start_indexes_what_is_there(tmp_path: Path) -> None:
+    first = LocalImageStore(tmp_path, max_bytes=10**6)
+    await first.start()
+    await first.put_bytes(record(1, 5), b"12345")
+    await first.close()
+    second = LocalImageStore(tmp_path, max_bytes=10**6)
+    await second.start()
+    try:
+        assert second.stats()["files"] == 1 and second.stats()["bytes"] == 5
+    finally:
+        await second.close()
+
+
+def test_temp_names_carry_the_pid() -> None:
+    name = temp_name("abc")
+    assert name.startswith(f"{TEMP_PREFIX}{os.getpid()}-abc-")
+    assert is_stale_temp(name)  # our own leftovers (from before a restart) are stale
+    assert is_stale_temp(f"{TEMP_PREFIX}abc-def")  # old format: no pid
+
+
+def test_other_live_processes_keep_their_temp_files(tmp_path: Path) -> None:
+    # A live process (another worker) still writing: its temp files survive our start-up.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        alive = f"{TEMP_PREFIX}{other.pid}-x-1"
+        assert not is_stale_temp(alive)
+    finally:
+        other.kill()
+        other.wait()
+    assert is_stale_temp(alive)  # and once it is gone, they are leftovers
+
+
+@pytest.mark.parametrize("where", ["images/ab", "analyses/cd"])
+async def test_start_up_removes_dead_processes_temp_files(tmp_path: Path, where: str) -> None:
+    shard = tmp_path / where
+    shard.mkdir(parents=True)
+    dead = shard / f"{TEMP_PREFIX}999999999-x-1"
+    dead.write_bytes(b"partial")
+    store = LocalImageStore(tmp_path, max_bytes=10**6)
+    await store.start()
+    await AnalysisStore(tmp_path).start()
+    await store.close()
+    assert not dead.exists()
