@@ -7,12 +7,11 @@ import functools
 import hashlib
 import json
 import math
-import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import httpx2
 import stamina
@@ -35,6 +34,7 @@ from satapi.errors import (
 )
 from satapi.limits import Limiter
 from satapi.observe import NullObserver, Observer
+from satapi.redaction import redact
 from satapi.storage import ImageWriter
 from satapi.urlpolicy import UrlPolicy
 
@@ -231,20 +231,6 @@ def target_from_url(url: str, policy: UrlPolicy, *, max_px: int) -> FetchTarget:
         attribution=match.provider.attribution if match.provider else None,
         has_time=bool(upper.get("TIME")),
     )
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret value replaced by `***`, also where it is URL-encoded.
-
-    A server that echoes the request URL sends a secret such as ``a+b/c=`` back as
-    ``a%2Bb%2Fc%3D`` (any hex case), which a plain search for the value would miss.
-    """
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-            for encoded in {quote(secret, safe=""), quote_plus(secret)} - {secret}:
-                text = re.sub(re.escape(encoded), "***", text, flags=re.IGNORECASE)
-    return text
 
 
 def parse_service_exception(body: bytes) -> tuple[str | None, str] | None:
