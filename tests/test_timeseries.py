@@ -382,6 +382,10 @@ async def test_without_capabilities_dates_are_not_checked(
     assert [p["code"] for p in body["points"]] == [None, None]
     assert sorted(getmap_times(wms["getmap"])) == times
     assert caps.call_count == 1
+    # The failure is remembered for a while: the next series does not ask again.
+    again = await client.post("/api/timeseries", json={**BASE, "times": ["2024-05-01"]})
+    assert again.status_code == 200, again.text
+    assert caps.call_count == 1
 
 
 # --- CSV -----------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 MAX_EXCEPTION_BYTES = 256 * 1024
 MAX_CAPABILITIES_BYTES = 20 * 1024 * 1024
+CAPABILITIES_FAILURE_TTL_S = 60.0
 
 BBox = tuple[float, float, float, float]
 
@@ -360,7 +361,7 @@ class WMSClient:
         self._retry = retry
         self._secrets = list(secrets)
         self._caps_ttl = capabilities_ttl_s
-        self._caps: dict[str, tuple[float, list[LayerInfo]]] = {}
+        self._caps: dict[str, tuple[float, list[LayerInfo] | SatapiError]] = {}
         self._caps_locks: dict[str, asyncio.Lock] = {}
 
     def provider(self, name: str) -> ProviderConfig:
@@ -544,20 +545,39 @@ class WMSClient:
     # -- GetCapabilities --------------------------------------------------------------------------
 
     async def layers(self, name: str, *, refresh: bool = False) -> list[LayerInfo]:
-        """The provider's layers from GetCapabilities, cached for the TTL."""
+        """The provider's layers from GetCapabilities, cached for the TTL.
+
+        A failure is remembered for a minute, so callers that only use capabilities as a
+        refinement (time-series date checks) don't ask a server without them every time.
+        """
         provider = self.provider(name)
-        cached = self._caps.get(name)
-        if cached and not refresh and time.monotonic() - cached[0] < self._caps_ttl:
-            return cached[1]
-        lock = self._caps_locks.setdefault(name, asyncio.Lock())
-        async with lock:
-            cached = self._caps.get(name)
-            if cached and not refresh and time.monotonic() - cached[0] < self._caps_ttl:
-                return cached[1]
-            body = await self._fetch_capabilities(name, provider)
-            layers = await self._cpu.run(parse_capabilities, body, provider.url, provider.version)
+        if (cached := self._cached_layers(name, refresh)) is not None:
+            return cached
+        async with self._caps_locks.setdefault(name, asyncio.Lock()):
+            if (cached := self._cached_layers(name, refresh)) is not None:
+                return cached
+            try:
+                body = await self._fetch_capabilities(name, provider)
+                layers = await self._cpu.run(
+                    parse_capabilities, body, provider.url, provider.version
+                )
+            except SatapiError as exc:
+                self._caps[name] = (time.monotonic(), exc)
+                raise
             self._caps[name] = (time.monotonic(), layers)
             return layers
+
+    def _cached_layers(self, name: str, refresh: bool) -> list[LayerInfo] | None:
+        entry = None if refresh else self._caps.get(name)
+        if entry is None:
+            return None
+        stamp, value = entry
+        fresh_for = self._caps_ttl if isinstance(value, list) else CAPABILITIES_FAILURE_TTL_S
+        if time.monotonic() - stamp >= fresh_for:
+            return None
+        if isinstance(value, SatapiError):
+            raise type(value)(value.message, retry_after=value.retry_after, extra=value.extra)
+        return value
 
     async def _fetch_capabilities(self, name: str, provider: ProviderConfig) -> bytes:
         query: Any = [
