@@ -15,6 +15,13 @@ LAYER_PATTERN = r"^[A-Za-z0-9_.:,\-/ ]{1,256}$"
 EXAMPLE_BBOX = [-10.0, 35.0, 5.0, 44.0]
 EXAMPLE_LAYER = "MODIS_Terra_CorrectedReflectance_TrueColor"
 
+
+def example_config(**fields: Any) -> ConfigDict:
+    """A request model's config: no unknown fields, and one example (over Spain) for /docs."""
+    example = {"provider": "gibs", "layer": EXAMPLE_LAYER, "bbox": list(EXAMPLE_BBOX), **fields}
+    return ConfigDict(extra="forbid", json_schema_extra={"examples": [example]})
+
+
 Time = Annotated[
     str,
     Field(
@@ -93,21 +100,11 @@ class ImageRequest(ImageFields):
         ),
     )
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "provider": "gibs",
-                    "layer": EXAMPLE_LAYER,
-                    "bbox": list(EXAMPLE_BBOX),
-                    "time": "2024-06-01",
-                    "width": 512,
-                    "height": 512,
-                    "format": "image/png",
-                }
-            ]
-        },
+    model_config = example_config(
+        time="2024-06-01",
+        width=512,
+        height=512,
+        format="image/png",
     )
 
     @model_validator(mode="after")
@@ -267,23 +264,13 @@ class VisionRequest(ImageRequest):
     prompt: Prompt = None
     analyzer: Analyzer = "auto"
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "provider": "gibs",
-                    "layer": EXAMPLE_LAYER,
-                    "bbox": list(EXAMPLE_BBOX),
-                    "time": "2024-06-01",
-                    "width": 512,
-                    "height": 512,
-                    "format": "image/png",
-                    "analyzer": "local",
-                    "prompt": "How much of this area is vegetated, and is any of it under cloud?",
-                }
-            ]
-        },
+    model_config = example_config(
+        time="2024-06-01",
+        width=512,
+        height=512,
+        format="image/png",
+        analyzer="local",
+        prompt="How much of this area is vegetated, and is any of it under cloud?",
     )
 
 
@@ -361,21 +348,11 @@ class ComparisonRequest(ImageFields):
         default=None, max_length=4096, description="Old clients: the after GetMap URL."
     )
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "provider": "gibs",
-                    "layer": EXAMPLE_LAYER,
-                    "bbox": list(EXAMPLE_BBOX),
-                    "width": 512,
-                    "height": 512,
-                    "before": {"time": "2024-01-15"},
-                    "after": {"time": "2024-07-15"},
-                }
-            ]
-        },
+    model_config = example_config(
+        width=512,
+        height=512,
+        before={"time": "2024-01-15"},
+        after={"time": "2024-07-15"},
     )
 
     @model_validator(mode="after")
@@ -396,22 +373,12 @@ class ComparisonAnalyzeRequest(ComparisonRequest):
     prompt: Prompt = None
     analyzer: Analyzer = "auto"
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "provider": "gibs",
-                    "layer": EXAMPLE_LAYER,
-                    "bbox": list(EXAMPLE_BBOX),
-                    "width": 512,
-                    "height": 512,
-                    "before": {"time": "2024-01-15"},
-                    "after": {"time": "2024-07-15"},
-                    "analyzer": "local",
-                }
-            ]
-        },
+    model_config = example_config(
+        width=512,
+        height=512,
+        before={"time": "2024-01-15"},
+        after={"time": "2024-07-15"},
+        analyzer="local",
     )
 
 
@@ -468,22 +435,12 @@ class TimeseriesRequest(ImageFields):
         examples=["P1M"],
     )
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "provider": "gibs",
-                    "layer": EXAMPLE_LAYER,
-                    "bbox": list(EXAMPLE_BBOX),
-                    "width": 256,
-                    "height": 256,
-                    "start": "2024-01-01",
-                    "end": "2024-06-01",
-                    "step": "P1M",
-                }
-            ]
-        },
+    model_config = example_config(
+        width=256,
+        height=256,
+        start="2024-01-01",
+        end="2024-06-01",
+        step="P1M",
     )
 
     @model_validator(mode="after")
