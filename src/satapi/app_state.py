@@ -11,9 +11,9 @@ from satapi.analysis import AnalysisService
 from satapi.config import Settings
 from satapi.cpu import CpuRunner
 from satapi.imagery import ImageService
-from satapi.limits import LocalLimiter
+from satapi.limits import Limiter
 from satapi.observe import NullObserver, Observer
-from satapi.storage import AnalysisStore, LocalImageStore
+from satapi.storage import AnalysisStore, ImageStore
 
 
 @dataclass
@@ -22,9 +22,9 @@ class Resources:
 
     settings: Settings
     http: httpx2.AsyncClient
-    limiter: LocalLimiter
+    limiter: Limiter
     cpu: CpuRunner
-    store: LocalImageStore
+    store: ImageStore
     analyses: AnalysisStore
     images: ImageService
     analysis: AnalysisService

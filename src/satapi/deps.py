@@ -16,7 +16,7 @@ from satapi.app_state import Resources
 from satapi.auth import check_api_key
 from satapi.config import Settings
 from satapi.imagery import ImageService
-from satapi.storage import AnalysisStore, LocalImageStore
+from satapi.storage import AnalysisStore, ImageStore
 
 
 async def get_resources(request: Request) -> Resources:
@@ -38,7 +38,7 @@ async def get_images(resources: ResourcesDep) -> ImageService:
     return resources.images
 
 
-async def get_store(resources: ResourcesDep) -> LocalImageStore:
+async def get_store(resources: ResourcesDep) -> ImageStore:
     """The image store."""
     return resources.store
 
@@ -55,7 +55,7 @@ async def get_analysis(resources: ResourcesDep) -> AnalysisService:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ImagesDep = Annotated[ImageService, Depends(get_images)]
-StoreDep = Annotated[LocalImageStore, Depends(get_store)]
+StoreDep = Annotated[ImageStore, Depends(get_store)]
 AnalysesDep = Annotated[AnalysisStore, Depends(get_analyses)]
 AnalysisDep = Annotated[AnalysisService, Depends(get_analysis)]
 

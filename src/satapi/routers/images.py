@@ -12,7 +12,7 @@ from satapi.deps import ImagesDep, StoreDep, require_api_key
 from satapi.errors import NotFound
 from satapi.imagery import FetchedImage, ImageService
 from satapi.models import ImageMeta, ImageRequest, ImageResponse, ImageTimings, StoredImageMeta
-from satapi.storage import ID_PATTERN, ImageRecord, LocalImageStore
+from satapi.storage import ID_PATTERN, ImageRecord, ImageStore
 from satapi.wms_client import FetchTarget
 
 router = APIRouter(prefix="/api/images", tags=["images"], dependencies=[Depends(require_api_key)])
@@ -57,7 +57,7 @@ async def fetch_image(body: ImageRequest, images: ImagesDep) -> ImageResponse:
     )
 
 
-async def _record(store: LocalImageStore, image_id: str) -> ImageRecord:
+async def _record(store: ImageStore, image_id: str) -> ImageRecord:
     record = await store.get(image_id)
     if record is None:
         raise NotFound(f"No stored image has the id {image_id}.")
