@@ -12,7 +12,7 @@ Public API
             up.reset()      # zero max_in_flight / served (in_flight is live, kept)
             up.latency = 0.2  # may be changed at any time; applies to later GetMaps
 
-``python -m bench.upstream --port N --latency 1.0 [--loop auto|asyncio|uvloop]``
+``python -m bench.upstream --port N --latency 1.0 [--loop auto|asyncio|uvloop] [--cache-dir D]``
     The same server as its own process (what the benchmark uses, so that it does not share an
     event loop or a core with the load driver). Prints one ``SlowWMS listening on URL ...`` line.
     ``upstream_command(port, latency)`` builds that command line for ``bench.procs``.
@@ -22,7 +22,8 @@ Public API
 
 ``render_scene(width, height)`` / ``encode_image(width, height, fmt)``
     The deterministic synthetic "satellite" scene (fields, water, soil) as an RGB array, and its
-    PNG/JPEG bytes (cached in memory per (size, format)).
+    PNG/JPEG bytes (cached in memory per (size, format); scenes of 1024x1024 pixels or more
+    also on disk in ``--cache-dir`` / ``set_disk_cache(dir)``, as the 4096x4096 PNG takes ~27 s).
 
 HTTP endpoints
 --------------
@@ -54,11 +55,13 @@ import contextlib
 import functools
 import io
 import json
+import os
 import signal
 import sys
 import urllib.request
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
@@ -125,16 +128,40 @@ def render_scene(width: int, height: int) -> np.ndarray:
     return np.asarray(np.clip(img + noise.astype(np.float32), 0, 255), dtype=np.uint8)
 
 
+# Encoded scenes of at least this many pixels are also kept on disk (``set_disk_cache``): the
+# 4096x4096 PNG takes ~27 s to render and encode on one core, and it never changes.
+DISK_CACHE_MIN_PIXELS = 1024 * 1024
+_disk_cache: Path | None = None
+
+
+def set_disk_cache(directory: Path | str | None) -> None:
+    """Keep big encoded scenes in ``directory`` (None: memory only); ``--cache-dir`` sets it."""
+    global _disk_cache
+    _disk_cache = Path(directory) if directory is not None else None
+
+
 @functools.lru_cache(maxsize=64)
 def encode_image(width: int, height: int, fmt: str) -> bytes:
     """The scene of that size encoded as ``fmt`` (image/png or image/jpeg); cached."""
+    cached: Path | None = None
+    if _disk_cache is not None and width * height >= DISK_CACHE_MIN_PIXELS:
+        ext = "png" if FORMATS[fmt] == "PNG" else "jpg"
+        cached = _disk_cache / f"scene-{width}x{height}.{ext}"
+        if cached.is_file():
+            return cached.read_bytes()
     buf = io.BytesIO()
     pil = Image.fromarray(render_scene(width, height), mode="RGB")
     if FORMATS[fmt] == "PNG":
         pil.save(buf, "PNG", compress_level=6)
     else:
         pil.save(buf, "JPEG", quality=85)
-    return buf.getvalue()
+    data = buf.getvalue()
+    if cached is not None:  # written under a temporary name, renamed into place
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        temp = cached.with_name(f".{cached.name}.{os.getpid()}")
+        temp.write_bytes(data)
+        temp.replace(cached)
+    return data
 
 
 # --------------------------------------------------------------------------- WMS documents
@@ -496,9 +523,11 @@ class SlowWMS:
 # --------------------------------------------------------------------------- helpers + CLI
 
 
-def upstream_command(port: int, latency: float, *, loop: str = "auto") -> list[str]:
+def upstream_command(
+    port: int, latency: float, *, loop: str = "auto", cache_dir: Path | str | None = None
+) -> list[str]:
     """Command line that runs the upstream as its own process (cwd: the repository root)."""
-    return [
+    cmd = [
         sys.executable,
         "-m",
         "bench.upstream",
@@ -509,6 +538,9 @@ def upstream_command(port: int, latency: float, *, loop: str = "auto") -> list[s
         "--loop",
         loop,
     ]
+    if cache_dir is not None:
+        cmd += ["--cache-dir", str(cache_dir)]
+    return cmd
 
 
 def fetch_stats(base_url: str, timeout: float = 5.0) -> dict[str, int]:
@@ -558,7 +590,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=1.0, help="seconds per GetMap")
     parser.add_argument("--max-size", type=int, default=4096)
     parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
+    parser.add_argument(
+        "--cache-dir", default=None, help="keep big encoded scenes here (e.g. bench/out/scenes)"
+    )
     args = parser.parse_args(argv)
+    set_disk_cache(args.cache_dir)
     factory, loop_name = _loop_factory(args.loop)
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
         runner.run(_serve(args, loop_name))

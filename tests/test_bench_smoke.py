@@ -1,0 +1,85 @@
+"""`python -m bench --smoke` runs every benchmark scenario end to end (behaviour, not timings).
+
+Needs the bench extras (flask, gunicorn, aiohttp; `pip install -e .[bench]`); skipped without them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH_EXTRAS = ("flask", "gunicorn", "aiohttp", "requests", "matplotlib")
+MISSING = [name for name in BENCH_EXTRAS if importlib.util.find_spec(name) is None]
+
+pytestmark = pytest.mark.skipif(
+    bool(MISSING),
+    reason=f"bench extras not installed ({', '.join(MISSING)}): pip install -e '.[bench]'",
+)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path_factory.mktemp("bench-out")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    return done, out
+
+
+def test_smoke_completes_and_writes_its_outputs(
+    smoke_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    done, out = smoke_run
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert (out / "results.json").is_file()
+    assert (out / "RESULTS.md").is_file()
+    assert (out / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A smoke run never touches the committed results.
+    assert "--smoke" in (out / "RESULTS.md").read_text()
+
+
+def test_smoke_has_a_result_for_every_scenario(
+    smoke_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    _done, out = smoke_run
+    run = json.loads((out / "results.json").read_text())
+    assert run["profile"] == "smoke"
+    scenarios = {sc["id"]: sc for sc in run["scenarios"]}
+    assert sorted(scenarios) == [0, 1, 2, 3, 4, 5]
+    for sid, sc in scenarios.items():
+        assert "error" not in sc, f"scenario {sid}: {sc.get('traceback')}"
+        assert sc["targets"], f"scenario {sid} evaluated no target"
+        for tgt in sc["targets"]:
+            assert isinstance(tgt["passed"], bool)
+
+    assert {row["client"] for row in scenarios[0]["clients"]} == {"httpx", "httpx2", "aiohttp"}
+    assert all(row["ok"] > 0 for row in scenarios[0]["clients"])
+
+    for sid in (1, 2, 3, 5):
+        systems = {pt["system"] for pt in scenarios[sid]["points"]}
+        assert "satapi" in systems and {"baseline-sync", "baseline-gthread"} <= systems
+        for pt in scenarios[sid]["points"]:
+            assert pt["ok"] > 0, f"scenario {sid} {pt['system']}: nothing succeeded"
+            assert pt["health_n"] > 0 or pt["health_max_ms"] is not None
+            assert pt["peak_rss_mb"] and pt["peak_rss_mb"] > 0
+    assert "satapi-2w" in {pt["system"] for pt in scenarios[2]["points"]}
+
+    # Single flight is behaviour, not timing: identical concurrent requests, one download.
+    satapi = next(row for row in scenarios[4]["rows"] if row["system"] == "satapi")
+    assert satapi["first"]["upstream"]["served"] == 1
+    assert satapi["second"]["upstream"]["served"] == 0
+    assert satapi["cached_after"] is True
+    assert satapi["hits"]["ok"] > 0 and satapi["healthz"]["ok"] > 0
