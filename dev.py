@@ -41,8 +41,8 @@ def _run(cmd: list[str | Path]) -> int:
 
 
 def test(args: list[str]) -> int:
-    """Lint, format check, type check, then the whole pytest suite."""
-    _ensure_env("test")
+    """Lint, format check, type check, then the whole pytest suite (benchmark smoke run too)."""
+    _ensure_env("test,bench")
     for step in (
         [BIN / "ruff", "check", "."],
         [BIN / "ruff", "format", "--check", "."],
