@@ -93,15 +93,18 @@ def busy_share(seconds: float = 2.0) -> float:
     return (b1 - b0) / max(1, t1 - t0)
 
 
-def wait_quiet(limit_s: float, threshold: float = 0.25) -> float:
-    """Wait (at most ``limit_s``) until the CPUs are at most ``threshold`` busy; the last share."""
-    deadline = time.monotonic() + limit_s
-    share = busy_share()
-    while share > threshold and time.monotonic() < deadline:
+def wait_quiet(limit_s: float, threshold: float = 0.25) -> tuple[float, float]:
+    """Wait (at most ``limit_s``) until the CPUs are at most ``threshold`` busy.
+
+    Returns (the last busy share measured, seconds spent).
+    """
+    started = time.monotonic()
+    share = busy_share(1.0)
+    while share > threshold and time.monotonic() - started < limit_s:
         _log(f"bench: machine {share:.0%} busy with other work; waiting for it to quieten")
-        time.sleep(5.0)
-        share = busy_share()
-    return share
+        time.sleep(4.0)
+        share = busy_share(1.0)
+    return share, time.monotonic() - started
 
 
 def _parse_only(value: str) -> list[int]:
@@ -130,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="first wait up to this long for the CPUs to be ≤ 25%% busy (default: 180 for a "
-        "full run, 0 for smoke)",
+        help="wait in all up to this long, before the run and between scenarios, for the CPUs "
+        "to be ≤ 25%% busy with other work (default: 120 for a full run, 0 for smoke)",
     )
     parser.add_argument(
         "--systems",
@@ -153,8 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     md_path = REPO_ROOT / "bench" / "RESULTS.md" if official else out / "RESULTS.md"
     chart_path = md_path.with_name("throughput.png")
 
-    wait_s = args.wait_quiet if args.wait_quiet is not None else (0.0 if args.smoke else 180.0)
-    busy_before = wait_quiet(wait_s) if wait_s > 0 else None
+    wait_budget = args.wait_quiet if args.wait_quiet is not None else (0 if args.smoke else 120)
+    busy_before = None
+    if wait_budget > 0:
+        busy_before, spent = wait_quiet(min(60.0, wait_budget))
+        wait_budget -= spent
     machine = report.machine_info()
     machine["busy_before"] = round(busy_before, 3) if busy_before is not None else None
     _log(
@@ -174,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     try:
         for sid in ids:
+            if wait_budget > 0 and sid != ids[0]:
+                _, spent = wait_quiet(min(30.0, wait_budget))
+                wait_budget -= spent
             t = time.monotonic()
             account = CpuAccount(fleet)
             _log(f"scenario {sid}: {SCENARIOS[sid].__doc__}")
