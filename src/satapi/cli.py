@@ -24,6 +24,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.add_argument("--reload", action="store_true", help="restart on code changes (dev)")
     serve.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop (default asyncio: same speed here, far less memory for big images)",
+    )
+    serve.add_argument(
         "--graceful-timeout",
         type=float,
         default=30.0,
@@ -62,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         reload=args.reload,
         log_config=None,
         access_log=False,
-        # Not uvloop: under uvloop, libuv reads up to 32 x 256 KiB per wake-up and anyio's stream
-        # protocol (under httpx2) queues all of it, so each big WMS transfer could hold ~8 MB.
-        # 100 concurrent 4096x4096 PNG downloads peaked at 1060 MB instead of ~430 MB with the
-        # asyncio loop, at the same CPU per request (bench/RESULTS.md, scenario 5).
-        loop="asyncio",
+        # asyncio by default, not uvloop: under uvloop, libuv reads up to 32 x 256 KiB per
+        # wake-up and anyio's stream protocol (under httpx2) queues all of it, so each big WMS
+        # transfer could hold ~8 MB. 100 concurrent 4096x4096 PNG downloads peaked at 1060 MB
+        # instead of ~430 MB, at the same CPU per request (bench/RESULTS.md, scenario 5).
+        loop=args.loop,
         timeout_graceful_shutdown=args.graceful_timeout,
         proxy_headers=False,
         server_header=False,
