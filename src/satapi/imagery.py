@@ -233,10 +233,9 @@ class ImageService:
         queue_wait_s: float = 0.0,
         error: str | None = None,
     ) -> None:
-        req = target.request
         self._observer.download(
             provider=target.source,
-            layer=req.layer if req else _param(target, "LAYERS"),
+            layer=target.layer,
             outcome=outcome,
             duration_s=duration_s,
             nbytes=nbytes,
@@ -279,10 +278,10 @@ class ImageService:
                 width=info.width,
                 height=info.height,
                 provider=target.source,
-                layer=req.layer if req else _param(target, "LAYERS"),
+                layer=target.layer,
                 bbox=list(req.bbox) if req else None,
-                crs=req.crs if req else (_param(target, "CRS") or _param(target, "SRS")),
-                time=req.time if req else _param(target, "TIME"),
+                crs=target.crs,
+                time=target.time,
                 fetched_at=now,
                 expires_at=None if target.has_time else now + self._cache_ttl_s,
                 source_url=target.url(redacted=True),
@@ -306,16 +305,8 @@ class ImageService:
 
 def for_side(error: SatapiError, side: str) -> SatapiError:
     """The same error (class, status, code), saying which side of a pair it came from."""
-    copy = type(error)(
+    return type(error)(
         f"The {side} image failed: {error.message}",
         retry_after=error.retry_after,
         extra={**error.extra, "side": side},
     )
-    return copy
-
-
-def _param(target: FetchTarget, name: str) -> str | None:
-    for key, value in target.params:
-        if key.upper() == name:
-            return value
-    return None

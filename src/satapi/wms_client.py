@@ -141,6 +141,26 @@ class FetchTarget:
         """Every query parameter, secrets included (only ever sent to the server)."""
         return list(self.params) + list(self.secret_params)
 
+    def param(self, name: str) -> str | None:
+        """A public query parameter, by case-insensitive name."""
+        upper = name.upper()
+        return next((v for k, v in self.params if k.upper() == upper), None)
+
+    @property
+    def layer(self) -> str | None:
+        """The layer asked for (from the request, or an old client's URL)."""
+        return self.request.layer if self.request else self.param("LAYERS")
+
+    @property
+    def crs(self) -> str | None:
+        """The CRS of the bbox (CRS in WMS 1.3.0, SRS in 1.1.1)."""
+        return self.request.crs if self.request else (self.param("CRS") or self.param("SRS"))
+
+    @property
+    def time(self) -> str | None:
+        """The TIME asked for, if any."""
+        return self.request.time if self.request else self.param("TIME")
+
 
 def wms_bbox(req: GetMapRequest, version: str) -> str:
     """The BBOX value in the axis order the WMS version expects."""
