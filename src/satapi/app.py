@@ -38,6 +38,7 @@ from satapi.observe import LogObserver, NullObserver, Observer, Observers
 from satapi.routers import analyses, comparison, health, images, providers, timeseries, vision
 from satapi.routers.metrics import router as metrics_router
 from satapi.storage import AnalysisStore, LocalImageStore
+from satapi.transport import ShardedTransport
 from satapi.urlpolicy import UrlPolicy
 from satapi.wms_client import RetryPolicy, WMSClient
 
@@ -59,7 +60,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 
 
 def make_http_client(settings: Settings) -> httpx2.AsyncClient:
-    """The one HTTP client for WMS servers: pool sized to the cap, explicit timeouts."""
+    """The one HTTP client for WMS servers: pools sized to the cap, explicit timeouts."""
     return httpx2.AsyncClient(
         timeout=httpx2.Timeout(
             connect=settings.wms_connect_timeout_s,
@@ -67,10 +68,7 @@ def make_http_client(settings: Settings) -> httpx2.AsyncClient:
             write=settings.wms_read_timeout_s,
             pool=settings.wms_total_timeout_s,
         ),
-        limits=httpx2.Limits(
-            max_connections=settings.max_concurrent_wms,
-            max_keepalive_connections=settings.max_concurrent_wms,
-        ),
+        transport=ShardedTransport(max_connections=settings.max_concurrent_wms),
         follow_redirects=False,
         headers={"User-Agent": f"satapi/{__version__}"},
         trust_env=False,

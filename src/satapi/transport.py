@@ -1,0 +1,61 @@
+"""The WMS HTTP client's transport: several small connection pools instead of one big one.
+
+httpcore2's pool checks every idle connection (`has_expired()`: a `poll()` per connection)
+each time a request starts and each time a response is closed, so one pool sized to a cap of
+200 costs O(200) per request. Requests are spread round-robin over pools of about
+`POOL_SHARD_SIZE` kept-alive connections each; the limiter, not the pools, enforces the cap.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from types import TracebackType
+
+import httpx2
+
+POOL_SHARD_SIZE = 10
+
+
+class ShardedTransport(httpx2.AsyncBaseTransport):
+    """Round-robin over `shards` `AsyncHTTPTransport`s, each with its share of kept-alive
+    connections (and room to open up to `max_connections` when the others are busy)."""
+
+    def __init__(self, *, max_connections: int, shards: int | None = None) -> None:
+        count = shards if shards is not None else shard_count(max_connections)
+        keepalive = math.ceil(max_connections / count)
+        self.shards = [
+            httpx2.AsyncHTTPTransport(
+                limits=httpx2.Limits(
+                    max_connections=max_connections, max_keepalive_connections=keepalive
+                ),
+                trust_env=False,
+            )
+            for _ in range(count)
+        ]
+        self._next = itertools.cycle(self.shards)
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        return await next(self._next).handle_async_request(request)
+
+    async def __aenter__(self) -> ShardedTransport:
+        for shard in self.shards:
+            await shard.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for shard in self.shards:
+            await shard.aclose()
+
+
+def shard_count(max_connections: int) -> int:
+    """Pools for a cap: one up to `POOL_SHARD_SIZE` connections, then one per that many."""
+    return max(1, math.ceil(max_connections / POOL_SHARD_SIZE))
