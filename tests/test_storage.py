@@ -117,3 +117,48 @@ async def test_start_up_removes_dead_processes_temp_files(tmp_path: Path, where:
     await AnalysisStore(tmp_path).start()
     await store.close()
     assert not dead.exists()
+
+
+async def test_writer_gathers_chunks_and_keeps_them_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each aiofiles write is a thread hop: network-sized chunks are gathered into pieces of
+    # WRITE_BUFFER bytes, and the file still holds every byte in order, retries included.
+    import satapi.storage as storage
+
+    store = LocalImageStore(tmp_path, max_bytes=10**8)
+    await store.start()
+    writes: list[int] = []
+    try:
+        writer = await store.open_writer(f"{7:064x}")
+        real_write = writer._file.write  # type: ignore[attr-defined]
+
+        async def counting_write(data: bytes) -> int:
+            writes.append(len(data))
+            return int(await real_write(data))
+
+        writer._file.write = counting_write  # type: ignore[attr-defined]
+        await writer.write(b"z" * 1000)
+        await writer.reset()  # a retry starts over
+        body = bytes(range(256)) * 4096  # 1 MiB in 16 KiB chunks
+        for i in range(0, len(body), 16384):
+            await writer.write(body[i : i + 16384])
+        await writer.commit(record(7, len(body)))
+        assert writes == [storage.WRITE_BUFFER] * (len(body) // storage.WRITE_BUFFER)
+        got = await store.get(f"{7:064x}")
+        assert got is not None and await store.read_bytes(got) == body
+        assert not [p for p in tmp_path.rglob(f"{TEMP_PREFIX}*")]
+    finally:
+        await store.close()
+
+
+async def test_store_recreates_a_removed_shard_directory(tmp_path: Path) -> None:
+    store = LocalImageStore(tmp_path, max_bytes=10**6)
+    await store.start()
+    try:
+        shard = tmp_path / "images" / "00"
+        shard.rmdir()
+        await store.put_bytes(record(5, 3), b"abc")
+        assert (shard / f"{5:064x}.json").exists()
+    finally:
+        await store.close()

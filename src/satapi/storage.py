@@ -28,6 +28,7 @@ _ID_RE = re.compile(ID_PATTERN)
 TEMP_PREFIX = ".tmp-"
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}
 CHUNK = 64 * 1024
+WRITE_BUFFER = 256 * 1024  # bytes gathered per aiofiles write
 
 
 def temp_name(stem: str, suffix: str = "") -> str:
@@ -162,49 +163,60 @@ class ImageStore(Protocol):
 
 
 class _LocalWriter:
+    """Writes through aiofiles in pieces of up to `WRITE_BUFFER` bytes; commits in one hop.
+
+    Each aiofiles call is a hop to a worker thread and back, so chunks from the network are
+    gathered into bounded pieces first (a tiny image is one write), the shard directories are
+    made once at start-up, and the record plus both renames happen in a single hop.
+    """
+
     def __init__(self, store: LocalImageStore, image_id: str) -> None:
         self._store = store
         self.image_id = image_id
         self.temp_path = store.meta_path(image_id).with_name(temp_name(image_id))
         self.bytes_written = 0
+        self._buffer = bytearray()
         self._file: Any = None
         self._done = False
         store._writers.add(self)
 
     async def _open(self) -> None:
-        await aiofiles.os.makedirs(self.temp_path.parent, exist_ok=True)
-        self._file = await aiofiles.open(self.temp_path, "wb")
+        try:
+            self._file = await aiofiles.open(self.temp_path, "wb")
+        except FileNotFoundError:  # the shard directory was removed while running
+            await aiofiles.os.makedirs(self.temp_path.parent, exist_ok=True)
+            self._file = await aiofiles.open(self.temp_path, "wb")
 
     async def write(self, chunk: bytes) -> None:
-        await self._file.write(chunk)
         self.bytes_written += len(chunk)
+        if not self._buffer and len(chunk) >= WRITE_BUFFER:
+            await self._file.write(chunk)  # big enough on its own: no copy
+            return
+        self._buffer += chunk
+        if len(self._buffer) >= WRITE_BUFFER:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._buffer:
+            data, self._buffer = bytes(self._buffer), bytearray()
+            await self._file.write(data)
 
     async def reset(self) -> None:
+        self._buffer.clear()
         await self._file.seek(0)
         await self._file.truncate()
         self.bytes_written = 0
 
     async def finish(self) -> None:
         if not self._file.closed:
-            await self._file.flush()
-            await self._file.close()
+            await self._flush()
+            await self._file.close()  # flushes Python's buffer too
 
     async def commit(self, record: ImageRecord) -> None:
         await self.finish()
+        final_path = self._store.image_path(self.image_id, record.content_type)
         meta_path = self._store.meta_path(self.image_id)
-        meta_temp = meta_path.with_name(temp_name(self.image_id, ".json"))
-        try:
-            async with aiofiles.open(meta_temp, "w") as f:
-                await f.write(json.dumps(asdict(record)))
-            # Image first, record last: a record never points at a missing image. The final name
-            # follows the type the bytes turned out to have.
-            final_path = self._store.image_path(self.image_id, record.content_type)
-            await aiofiles.os.replace(self.temp_path, final_path)
-            await aiofiles.os.replace(meta_temp, meta_path)
-        except BaseException:
-            await _remove_quietly(meta_temp)
-            await _remove_quietly(self.temp_path)
-            raise
+        await asyncio.to_thread(_publish, self.temp_path, final_path, meta_path, record)
         self._done = True
         self._store._writers.discard(self)
         self._store._remember(record)
@@ -213,11 +225,27 @@ class _LocalWriter:
         if self._done:
             return
         self._done = True
+        self._buffer.clear()
         if self._file is not None:
             with contextlib.suppress(Exception):
                 await self._file.close()
         await _remove_quietly(self.temp_path)
         self._store._writers.discard(self)
+
+
+def _publish(temp_path: Path, final_path: Path, meta_path: Path, record: ImageRecord) -> None:
+    # One worker-thread hop: write the record to a temp file, then rename the image into place
+    # and the record after it, so a record never points at a missing image. The final name
+    # follows the type the bytes turned out to have.
+    meta_temp = meta_path.with_name(temp_name(record.id, ".json"))
+    try:
+        meta_temp.write_text(json.dumps(asdict(record)))
+        temp_path.replace(final_path)
+        meta_temp.replace(meta_path)
+    except BaseException:
+        meta_temp.unlink(missing_ok=True)
+        temp_path.unlink(missing_ok=True)
+        raise
 
 
 async def _remove_quietly(path: Path) -> None:
@@ -261,7 +289,7 @@ class LocalImageStore:
     # -- life cycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await aiofiles.os.makedirs(self.root, exist_ok=True)
+        await asyncio.to_thread(self._make_shards)
         entries = await asyncio.to_thread(self._scan)
         for image_id, size, content_type in entries:
             self._lru[image_id] = (size, content_type)
@@ -269,6 +297,11 @@ class LocalImageStore:
         self._task = asyncio.create_task(self._evict_loop(), name="satapi-store-evict")
         if self._total > self.max_bytes:
             self._wake.set()
+
+    def _make_shards(self) -> None:
+        # All 256 shard directories up front, so a download never spends a hop on makedirs.
+        for n in range(256):
+            (self.root / f"{n:02x}").mkdir(parents=True, exist_ok=True)
 
     def _scan(self) -> list[tuple[str, int, str]]:
         # Runs in a thread at start-up: removes leftover temp files and indexes what is there,
