@@ -142,7 +142,12 @@ class BodyLimitMiddleware:
 async def _cancel_on_disconnect(
     app: ASGIApp, scope: Scope, app_receive: Receive, send: Send, client_receive: Receive
 ) -> None:
-    finished = False
+    # The request runs in this task; one watcher task cancels it when the client goes away
+    # before its answer is complete. (A second task for the handler, `asyncio.wait` and a
+    # gather cost every request, /healthz included, ~7 % of the event loop's time.)
+    task = asyncio.current_task()
+    assert task is not None
+    finished = running = client_left = False
 
     async def tracking_send(message: Message) -> None:
         nonlocal finished
@@ -151,27 +156,29 @@ async def _cancel_on_disconnect(
         await send(message)
 
     async def watch() -> None:
+        nonlocal client_left
         while (await client_receive())["type"] != "http.disconnect":
             pass
-
-    handler = asyncio.ensure_future(app(scope, app_receive, tracking_send))
-    watcher = asyncio.ensure_future(watch())
-    try:
-        await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        client_left = not handler.done() and not finished
-        if client_left:
-            handler.cancel()  # the client left before its answer was complete
-        try:
-            await handler
-        except asyncio.CancelledError:
-            # Our own cancellation (e.g. the server's shutdown) must go on; the handler's,
-            # caused by the client leaving, ends here.
-            if not client_left or not handler.cancelled():
-                raise
-    finally:
-        for task in (handler, watcher):
+        if running and not finished:
+            client_left = True
             task.cancel()
-        await asyncio.gather(handler, watcher, return_exceptions=True)
+
+    watcher = asyncio.ensure_future(watch())
+    running = True
+    try:
+        await app(scope, app_receive, tracking_send)
+    except asyncio.CancelledError:
+        # Our own cancellation (e.g. the server's shutdown) must go on; the one caused by the
+        # client leaving ends here.
+        if client_left and task.uncancel() == 0:
+            return
+        raise
+    else:
+        if client_left:  # the app swallowed the cancellation: take it back all the same
+            task.uncancel()
+    finally:
+        running = False
+        watcher.cancel()
 
 
 class DeadlineMiddleware:
