@@ -162,15 +162,20 @@ async def test_json_lines_parse_and_no_secret_appears(
         ("/api/images", 502),
     ]
     assert all(e["request_id"] and e["level"] == "info" for e in requests[:2])
-    # A download line carries the id of the request that started it.
-    assert [e["request_id"] for e in downloads] == [e["request_id"] for e in requests]
+    # A download line carries the id of the request that started it; a cache hit is no
+    # download: its request line says so instead.
+    assert [e["request_id"] for e in downloads] == [
+        requests[0]["request_id"],
+        requests[2]["request_id"],
+    ]
     assert [(e["cache"], e["outcome"]) for e in downloads] == [
         ("miss", "ok"),
-        ("hit", "cache_hit"),
         ("miss", "wms_exception"),
     ]
+    assert "cache" not in requests[0] and "cache" not in requests[2]
+    assert (requests[1]["cache"], requests[1]["image_id"]) == ("hit", downloads[0]["image_id"])
     assert all("apikey=%2A%2A%2A" in e["source_url"] for e in downloads)
-    assert downloads[2]["error"] == "wms_exception" and downloads[2]["level"] == "warning"
+    assert downloads[1]["error"] == "wms_exception" and downloads[1]["level"] == "warning"
     stray = next(e for e in lines if e["logger"] == "satapi.test")
     assert stray["msg"] == "a stray mention of ***"
 
@@ -277,3 +282,26 @@ def test_tracebacks_are_redacted_too() -> None:
         out = stream.getvalue()
         assert "RuntimeError" in out and "***" in out
         assert "s3cr3t" not in out
+
+
+async def test_requests_sharing_one_download_log_one_download_line(
+    make_settings: Callable[..., Settings], wms: respx.Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(providers={"test": {"url": WMS_URL, "default_layer": "scene"}})
+
+    async def slow_wms(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.2)
+        return echoing_wms(request)
+
+    wms.get(WMS_URL).mock(side_effect=slow_wms)
+    with service_logging("json", settings.secrets, monkeypatch) as buffer:
+        async with app_client(settings) as c:
+            answers = await asyncio.gather(*(c.post("/api/images", json=BODY) for _ in range(3)))
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
+    requests = [e for e in lines if e.get("event") == "request"]
+    downloads = [e for e in lines if e.get("event") == "download"]
+    assert len(downloads) == 1 and downloads[0]["cache"] == "miss"
+    assert sorted(e.get("cache", "-") for e in requests) == ["-", "shared", "shared"]
+    image_id = answers[0].json()["image"]["id"]
+    assert {e["image_id"] for e in requests if "cache" in e} == {image_id}

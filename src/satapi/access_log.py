@@ -10,7 +10,7 @@ from typing import Any
 from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from satapi.observe import NullObserver, Observer
+from satapi.observe import NullObserver, Observer, request_notes
 
 log = logging.getLogger("satapi.access")
 
@@ -90,13 +90,16 @@ class AccessLogMiddleware:
             await send(message)
 
         error: BaseException | None = None
+        notes: dict[str, Any] = {}
+        token = request_notes.set(notes)
         try:
             await self.app(scope, receive, send_and_watch)
         except BaseException as exc:
             error = exc
             raise
         finally:
-            self._finish(scope, original, started, status, first_byte, sent, error)
+            request_notes.reset(token)
+            self._finish(scope, original, started, status, first_byte, sent, error, notes)
 
     def _finish(
         self,
@@ -107,6 +110,7 @@ class AccessLogMiddleware:
         first_byte: float | None,
         sent: int,
         error: BaseException | None,
+        notes: dict[str, Any],
     ) -> None:
         duration = time.perf_counter() - started
         # An exception before the response started becomes a 500 further out.
@@ -141,5 +145,7 @@ class AccessLogMiddleware:
                 "bytes": sent,
                 "client": client[0] if client else None,
                 "error": type(error).__name__ if error is not None else None,
+                # Images served without a download of their own: "hit", "shared" (per image).
+                **{key: ",".join(map(str, values)) for key, values in notes.items()},
             },
         )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import Protocol
+from contextvars import ContextVar
+from typing import Any, Protocol
 
 from satapi.errors import Overloaded, SatapiError, UpstreamTimeout, WMSServiceException
 
@@ -23,6 +24,9 @@ ANALYSIS_OUTCOMES = ("ok", "cached", "error", "cancelled")
 
 log = logging.getLogger("satapi.wms")
 analysis_log = logging.getLogger("satapi.analysis")
+
+# Fields the request being served adds to its access-log line (set by the access log).
+request_notes: ContextVar[dict[str, Any] | None] = ContextVar("satapi_request_notes", default=None)
 
 
 def download_outcome(exc: BaseException) -> str:
@@ -154,8 +158,17 @@ class LogObserver(NullObserver):
         error: str | None = None,
         image_id: str | None = None,
     ) -> None:
-        """Log a settled image request; the URL is the redacted one the caller passes."""
+        """Log a settled image request; the URL is the redacted one the caller passes.
+
+        A cache hit or a share of another request's download is no download: it is noted on
+        the request's own access-log line (`cache`, `image_id`) instead of a line of its own.
+        """
         cache = {"cache_hit": "hit", "shared": "shared"}.get(outcome, "miss")
+        notes = request_notes.get()
+        if cache != "miss" and notes is not None:
+            notes.setdefault("cache", []).append(cache)
+            notes.setdefault("image_id", []).append(image_id)
+            return
         level = logging.INFO if outcome in ("ok", "cache_hit", "shared") else logging.WARNING
         log.log(
             level,
