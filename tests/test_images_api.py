@@ -344,3 +344,27 @@ async def test_bad_input_envelopes(
     assert r.status_code in (400, 422)
     assert r.json()["code"] == code
     assert not route.called
+
+
+async def test_image_removed_behind_the_service_back_is_404_then_fetched_again(
+    client: httpx.AsyncClient,
+    wms: respx.Router,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With several workers sharing the data directory, another worker's eviction can remove an
+    # image this process still remembers: its bytes are a clean 404, and once the memory of it
+    # is older than RECHECK_S the next request downloads it again.
+    import satapi.storage as storage
+
+    upstream = SlowWMS()
+    wms.get(WMS_URL).mock(side_effect=upstream)
+    image = (await client.post("/api/images", json=BODY)).json()["image"]
+    for path in store_files(settings.data_dir):
+        path.unlink()
+    gone = await client.get(image["url"])
+    assert gone.status_code == 404 and gone.json()["code"] == "not_found"
+    monkeypatch.setattr(storage, "RECHECK_S", 0.0)
+    again = (await client.post("/api/images", json=BODY)).json()["image"]
+    assert upstream.calls == 2 and again["cached"] is False
+    assert (await client.get(again["url"])).content == png_bytes(64, 32)

@@ -162,3 +162,37 @@ async def test_store_recreates_a_removed_shard_directory(tmp_path: Path) -> None
         assert (shard / f"{5:064x}.json").exists()
     finally:
         await store.close()
+
+
+async def test_recent_records_are_answered_from_memory_for_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import satapi.storage as storage
+
+    store = LocalImageStore(tmp_path, max_bytes=10**6)
+    await store.start()
+    loads: list[str] = []
+    real_load = store._load_record
+
+    def counting_load(image_id: str) -> ImageRecord | None:
+        loads.append(image_id)
+        return real_load(image_id)
+
+    monkeypatch.setattr(store, "_load_record", counting_load)
+    try:
+        await store.put_bytes(record(4, 3), b"abc")
+        for _ in range(5):
+            assert await store.get(f"{4:064x}") is not None
+        assert loads == []  # just written: known without a file access
+        assert await store.get(f"{4:064x}", check=True) is not None
+        assert len(loads) == 1
+        for path in (tmp_path / "images").rglob(f"{4:064x}*"):
+            path.unlink()
+        monkeypatch.setattr(storage, "RECHECK_S", 0.0)
+        assert await store.get(f"{4:064x}") is None  # looked again, and it is gone
+        assert len(loads) == 2
+        with pytest.raises(storage.NotFound):
+            await store.read_bytes(record(4, 3))
+        assert store.stats()["files"] == 0
+    finally:
+        await store.close()

@@ -58,7 +58,7 @@ async def fetch_image(body: ImageRequest, images: ImagesDep) -> ImageResponse:
 
 
 async def _record(store: ImageStore, image_id: str) -> ImageRecord:
-    record = await store.get(image_id)
+    record = await store.get(image_id, check=True)
     if record is None:
         raise NotFound(f"No stored image has the id {image_id}.")
     return record
