@@ -240,7 +240,9 @@ class ImageService:
             duration_s=duration_s,
             nbytes=nbytes,
             queue_wait_s=queue_wait_s,
-            source_url=target.url(redacted=True),
+            # Only a download's own line shows the URL: building it (urlencode) is skipped for
+            # cache hits and shares, which are noted on their request's line.
+            source_url=None if outcome in ("cache_hit", "shared") else target.url(redacted=True),
             error=error,
             image_id=target.image_id,
         )
