@@ -205,7 +205,8 @@ class _LocalWriter:
 
     async def _flush(self) -> None:
         if self._buffer:
-            data, self._buffer = bytes(self._buffer), bytearray()
+            # Hand the buffer itself to the worker thread (no copy) and start a new one.
+            data, self._buffer = self._buffer, bytearray()
             await self._file.write(data)
 
     async def reset(self) -> None:
