@@ -36,7 +36,7 @@ async def test_requests_spread_over_shards_and_connections_are_reused() -> None:
     connections = [0]
     server = await _serve(connections)
     port = server.sockets[0].getsockname()[1]
-    transport = ShardedTransport(max_connections=40)
+    transport = ShardedTransport(max_connections=40, shards=4)
     assert len(transport.shards) == 4
     try:
         async with httpx2.AsyncClient(transport=transport) as client:
