@@ -105,3 +105,17 @@ async def test_swagger_ui_is_version_5_and_redirect_page_exists(
     assert "isOAS31" in bundle
     assert (await client.get("/docs/oauth2-redirect")).status_code == 200
     assert (await client.get("/redoc/logo-mini.svg")).status_code == 200
+
+
+def test_api_key_schemes_are_documented_on_every_api_operation(settings: Settings) -> None:
+    # Keys are enforced by middleware (before the body is read), so the schema documents them
+    # itself: every /api operation offers both schemes, the probes and /metrics none.
+    schema = create_app(settings).openapi()
+    assert set(schema["components"]["securitySchemes"]) == {"HTTPBearer", "APIKeyHeader"}
+    assert schema["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            expected = (
+                [{"HTTPBearer": []}, {"APIKeyHeader": []}] if path.startswith("/api/") else None
+            )
+            assert operation.get("security") == expected, (method, path)

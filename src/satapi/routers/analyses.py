@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Path
 
-from satapi.deps import AnalysisDep, require_api_key
+from satapi.deps import AnalysisDep
 from satapi.errors import NotFound
 from satapi.models import StoredAnalysis
 from satapi.storage import ID_PATTERN
 
-router = APIRouter(
-    prefix="/api/analyses", tags=["analyses"], dependencies=[Depends(require_api_key)]
-)
+router = APIRouter(prefix="/api/analyses", tags=["analyses"])
 
 
 @router.get("/{analysis_id}", summary="Get a stored analysis", response_model=StoredAnalysis)

@@ -12,7 +12,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from satapi.analysis import Analyzed
 from satapi.analyzers.base import Analyzer
-from satapi.deps import AnalysisDep, ImagesDep, require_api_key
+from satapi.deps import AnalysisDep, ImagesDep
 from satapi.errors import SatapiError
 from satapi.imagery import FetchedImage, ImageService, for_side
 from satapi.models import (
@@ -28,9 +28,7 @@ from satapi.models import (
 from satapi.routers.streaming import AnalysisSteps, analysis_events
 from satapi.wms_client import FetchTarget
 
-router = APIRouter(
-    prefix="/api/comparison", tags=["comparison"], dependencies=[Depends(require_api_key)]
-)
+router = APIRouter(prefix="/api/comparison", tags=["comparison"])
 
 SIDES = ("before", "after")
 Pair = dict[str, FetchedImage]

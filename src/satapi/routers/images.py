@@ -5,17 +5,17 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path
+from fastapi import APIRouter, Header, Path
 from fastapi.responses import Response, StreamingResponse
 
-from satapi.deps import ImagesDep, StoreDep, require_api_key
+from satapi.deps import ImagesDep, StoreDep
 from satapi.errors import NotFound
 from satapi.imagery import FetchedImage, ImageService
 from satapi.models import ImageMeta, ImageRequest, ImageResponse, ImageTimings, StoredImageMeta
 from satapi.storage import ID_PATTERN, ImageRecord, ImageStore
 from satapi.wms_client import FetchTarget
 
-router = APIRouter(prefix="/api/images", tags=["images"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/api/images", tags=["images"])
 
 ImageId = Annotated[
     str, Path(pattern=ID_PATTERN, description="Image id: 64 lower-case hex characters.")

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Path, Query
 
-from satapi.deps import ImagesDep, SettingsDep, require_api_key
+from satapi.deps import ImagesDep, SettingsDep
 from satapi.models import LayerOut, LayersResponse, ProviderInfo, ProvidersResponse
 
-router = APIRouter(
-    prefix="/api/providers", tags=["providers"], dependencies=[Depends(require_api_key)]
-)
+router = APIRouter(prefix="/api/providers", tags=["providers"])
 
 
 @router.get("", summary="List the configured WMS providers", response_model=ProvidersResponse)

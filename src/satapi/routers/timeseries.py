@@ -8,11 +8,11 @@ import io
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Header
 from fastapi.responses import Response
 
 from satapi.analysis import AnalysisService
-from satapi.deps import AnalysisDep, ImagesDep, SettingsDep, require_api_key
+from satapi.deps import AnalysisDep, ImagesDep, SettingsDep
 from satapi.errors import SatapiError
 from satapi.imagery import FetchedImage, ImageService
 from satapi.models import ImageMeta, TimeseriesPoint, TimeseriesRequest, TimeseriesResponse
@@ -21,7 +21,7 @@ from satapi.wms_client import FetchTarget
 
 log = logging.getLogger("satapi.timeseries")
 
-router = APIRouter(prefix="/api", tags=["timeseries"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/api", tags=["timeseries"])
 
 METRIC_COLUMNS = (
     "vegetation_fraction",

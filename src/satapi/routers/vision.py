@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from satapi.analysis import Analyzed
 from satapi.analyzers.base import Analyzer
-from satapi.deps import AnalysisDep, ImagesDep, require_api_key
+from satapi.deps import AnalysisDep, ImagesDep
 from satapi.imagery import FetchedImage
 from satapi.models import (
     AnalysisOut,
@@ -28,7 +28,7 @@ from satapi.routers.images import target_for
 from satapi.routers.streaming import AnalysisSteps, analysis_events
 from satapi.wms_client import FetchTarget
 
-router = APIRouter(prefix="/api/vision", tags=["vision"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/api/vision", tags=["vision"])
 
 
 @dataclass
