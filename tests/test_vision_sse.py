@@ -27,6 +27,7 @@ from fastapi import FastAPI
 from httpx_sse import EventSource, aconnect_sse
 from PIL import Image
 
+from satapi.analyzers.claude import DEFAULT_BUSY_RETRY_AFTER
 from satapi.app import create_app
 from satapi.config import Settings
 from tests.support.fake_anthropic import FakeAnthropic, Reply
@@ -309,6 +310,7 @@ class Got:
     id: int
     data: Any
     at: float  # time.monotonic() of arrival
+    retry: int | None = None  # the SSE `retry` field (ms), when sent
 
 
 class EventReader:
@@ -326,7 +328,9 @@ class EventReader:
         got: list[Got] = []
         async with asyncio.timeout(BOUND_S):
             async for sse in self._events:
-                item = Got(sse.event, int(sse.id), json.loads(sse.data), time.monotonic())
+                item = Got(
+                    sse.event, int(sse.id), json.loads(sse.data), time.monotonic(), sse.retry
+                )
                 got.append(item)
                 if until is not None and until(item):
                     break
@@ -507,6 +511,10 @@ async def test_claude_mid_stream_overload_is_an_error_event_then_a_clean_end(
     assert [e.data["text"] for e in events if e.event == "delta"] == ["one ", "two "]
     error = events[-1].data
     assert error["code"] == "ai_busy" and error["error"]
+    # When to try again, as the JSON route's Retry-After says it: seconds in the data, and
+    # the SSE retry field (ms) for EventSource clients.
+    assert error["retry_after"] == DEFAULT_BUSY_RETRY_AFTER
+    assert events[-1].retry == DEFAULT_BUSY_RETRY_AFTER * 1000
     assert KEY not in json.dumps(error)
     assert not [e for e in events if e.event == "result"]
     # Nothing was cached: the next request asks the API again.
@@ -523,6 +531,8 @@ async def test_claude_auth_failure_is_an_error_event(
     response, events = await stream(http, {**BODY, "analyzer": "claude"})
     assert response.status_code == 200
     assert events[-1].event == "error" and events[-1].data["code"] == "ai_auth"
+    # Trying again will not help: no retry time.
+    assert "retry_after" not in events[-1].data and events[-1].retry is None
     assert KEY not in json.dumps([e.data for e in events])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -37,8 +38,23 @@ class EventStream:
         return self.event("status", {"stage": stage, **extra})
 
     def error(self, error: SatapiError) -> ServerSentEvent:
-        """The `error` event sent when something fails after the stream started."""
-        return self.event("error", {"code": error.code, "error": error.message, **error.extra})
+        """The `error` event sent when something fails after the stream started.
+
+        When trying again later may succeed (`ai_busy`, `overloaded`...), the data carries
+        `retry_after` in seconds, as the JSON routes' `Retry-After` header does, and the event's
+        SSE `retry` field says the same in milliseconds for `EventSource` clients.
+        """
+        data = {"code": error.code, "error": error.message, **error.extra}
+        if error.retry_after is None:
+            return self.event("error", data)
+        seconds = max(1, math.ceil(error.retry_after))
+        self._next += 1
+        return ServerSentEvent(
+            event="error",
+            id=str(self._next),
+            data={**data, "retry_after": seconds},
+            retry=seconds * 1000,
+        )
 
 
 @dataclass
