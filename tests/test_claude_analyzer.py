@@ -9,8 +9,11 @@ import email.utils
 import functools
 import io
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -580,3 +583,30 @@ async def test_three_images_are_refused(api: Backend, cpu: CpuRunner) -> None:
     with pytest.raises(InvalidRequest):
         await collect(make_analyzer(api, cpu), AnalysisTask(images=[image, image, image]))
     assert api.requests == []
+
+
+def test_the_sdk_is_imported_only_when_a_key_is_set(tmp_path: Path) -> None:
+    # The anthropic SDK adds ~48 MB to a process: a service without a key never imports it.
+    script = """
+import asyncio, sys
+from pathlib import Path
+from satapi.app import create_app, open_resources
+from satapi.config import Settings
+
+async def main(key):
+    settings = Settings(data_dir=Path(sys.argv[1]), anthropic_api_key=key)
+    create_app(settings).openapi()
+    async with open_resources(settings) as resources:
+        return resources.analysis.ai_available
+
+print(asyncio.run(main(None)), "anthropic" in sys.modules)
+print(asyncio.run(main("sk-test")), "anthropic" in sys.modules)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.splitlines() == ["False False", "True True"]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import anthropic
 import httpx2
 
 from satapi.analysis import AnalysisService
@@ -14,6 +14,9 @@ from satapi.imagery import ImageService
 from satapi.limits import Limiter
 from satapi.observe import NullObserver, Observer
 from satapi.storage import AnalysisStore, ImageStore
+
+if TYPE_CHECKING:  # the SDK is imported only when an API key is configured (see satapi.app)
+    import anthropic
 
 
 @dataclass
