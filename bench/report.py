@@ -471,6 +471,7 @@ def render(run: dict[str, Any], chart_name: str | None) -> str:
         "python3 dev.py bench            # or: .venv/bin/python -m bench",
         ".venv/bin/python -m bench --smoke   # every scenario, tiny, < 30 s, into bench/out/",
         ".venv/bin/python -m bench --only 2 --py-spy   # py-spy profiles into bench/out/",
+        ".venv/bin/python -m bench.hitcost   # in-process CPU of /healthz and a cache hit",
         "```",
         "",
     ]

@@ -83,3 +83,18 @@ def test_smoke_has_a_result_for_every_scenario(
     assert satapi["second"]["upstream"]["served"] == 0
     assert satapi["cached_after"] is True
     assert satapi["hits"]["ok"] > 0 and satapi["healthz"]["ok"] > 0
+
+
+def test_hitcost_measures_both_requests() -> None:
+    # The in-process A/B tool behind bench/findings.md's per-request CPU figures.
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.hitcost", "--rounds", "1", "--n", "20"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert line.startswith("CPU per request") and "/healthz" in line and "cache hit" in line, line
