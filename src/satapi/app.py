@@ -200,7 +200,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     add_exception_handlers(app)
-    _document_errors_as_json(app)
+    _document_errors_and_keys(app)
     install_docs(app)
     app.include_router(metrics_router)
     app.include_router(health.router)
@@ -240,7 +240,7 @@ API_KEY_SCHEMES: dict[str, dict[str, str]] = {
 }
 
 
-def _document_errors_as_json(app: FastAPI) -> None:
+def _document_errors_and_keys(app: FastAPI) -> None:
     """Document every 4xx/5xx as the JSON error envelope, also on SSE routes, and the API-key
     schemes on every /api operation.
 

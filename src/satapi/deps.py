@@ -4,7 +4,7 @@ They are `async def` on purpose: FastAPI runs a plain `def` dependency in its th
 cost every request several thread hops (and a share of 40 pool threads) just to read app.state.
 Each reads `app.state` itself instead of depending on `get_resources`: every dependency node
 costs FastAPI ~20-40 µs per request. API keys are checked by `ApiKeyMiddleware`, before the
-body is read; the OpenAPI document describes them (`app.document_api_keys`).
+body is read; the OpenAPI document describes them (`satapi.app.API_KEY_SCHEMES`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,14 @@ from satapi.imagery import ImageService
 from satapi.storage import AnalysisStore, ImageStore
 
 
-async def get_resources(request: Request) -> Resources:
-    """The resources the lifespan opened."""
+def _resources(request: Request) -> Resources:
     resources: Resources = request.app.state.resources
     return resources
+
+
+async def get_resources(request: Request) -> Resources:
+    """The resources the lifespan opened."""
+    return _resources(request)
 
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
@@ -31,32 +35,27 @@ ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 async def get_settings(request: Request) -> Settings:
     """The app's settings."""
-    resources: Resources = request.app.state.resources
-    return resources.settings
+    return _resources(request).settings
 
 
 async def get_images(request: Request) -> ImageService:
     """The image service (store + WMS client)."""
-    resources: Resources = request.app.state.resources
-    return resources.images
+    return _resources(request).images
 
 
 async def get_store(request: Request) -> ImageStore:
     """The image store."""
-    resources: Resources = request.app.state.resources
-    return resources.store
+    return _resources(request).store
 
 
 async def get_analyses(request: Request) -> AnalysisStore:
     """The analysis result store."""
-    resources: Resources = request.app.state.resources
-    return resources.analyses
+    return _resources(request).analyses
 
 
 async def get_analysis(request: Request) -> AnalysisService:
     """The analysis service (analyzers + result cache)."""
-    resources: Resources = request.app.state.resources
-    return resources.analysis
+    return _resources(request).analysis
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

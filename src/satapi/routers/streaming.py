@@ -28,10 +28,10 @@ class EventStream:
     def __init__(self) -> None:
         self._next = 0
 
-    def event(self, name: str, data: Any) -> ServerSentEvent:
-        """The next event called `name` carrying `data` as JSON."""
+    def event(self, name: str, data: Any, *, retry_ms: int | None = None) -> ServerSentEvent:
+        """The next event called `name` carrying `data` as JSON (and an SSE `retry` field)."""
         self._next += 1
-        return ServerSentEvent(event=name, id=str(self._next), data=data)
+        return ServerSentEvent(event=name, id=str(self._next), data=data, retry=retry_ms)
 
     def status(self, stage: str, **extra: Any) -> ServerSentEvent:
         """A `status` event for a stage: queued, downloading, downloaded, analyzing."""
@@ -48,13 +48,7 @@ class EventStream:
         if error.retry_after is None:
             return self.event("error", data)
         seconds = max(1, math.ceil(error.retry_after))
-        self._next += 1
-        return ServerSentEvent(
-            event="error",
-            id=str(self._next),
-            data={**data, "retry_after": seconds},
-            retry=seconds * 1000,
-        )
+        return self.event("error", {**data, "retry_after": seconds}, retry_ms=seconds * 1000)
 
 
 @dataclass
