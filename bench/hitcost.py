@@ -34,7 +34,7 @@ from PIL import Image  # noqa: E402
 
 from satapi.app import create_app  # noqa: E402
 from satapi.config import Settings  # noqa: E402
-from satapi.logs import setup_logging  # noqa: E402
+from satapi.observability.logs import setup_logging  # noqa: E402
 
 WMS = "http://127.0.0.1:9/wms"
 BODY = json.dumps({"bbox": [10, 45, 14, 47], "width": 64, "height": 32}).encode()

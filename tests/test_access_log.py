@@ -21,11 +21,12 @@ from starlette.applications import Starlette
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from satapi.access_log import AccessLogMiddleware
 from satapi.app import create_app
 from satapi.config import Settings
-from satapi.logs import setup_logging
-from satapi.middleware import RequestIdMiddleware
+from satapi.observability.events import Event, RequestFinished
+from satapi.observability.logs import setup_logging
+from satapi.web.access_log import AccessLogMiddleware
+from satapi.web.middleware import RequestIdMiddleware
 from tests.conftest import WMS_URL, png_bytes
 
 BODY = {"bbox": [10, 45, 14, 47], "width": 64, "height": 32}
@@ -219,13 +220,14 @@ async def test_streamed_response_is_logged_when_it_finishes(
     seen: list[tuple[str, str, int, float]] = []
 
     class Recorder:
-        def request(self, *, method: str, route: str, status: int, duration_s: float) -> None:
-            seen.append((method, route, status, duration_s))
+        def observe(self, event: Event) -> None:
+            if isinstance(event, RequestFinished):
+                seen.append((event.method, event.route, event.status, event.duration_s))
 
     app = RequestIdMiddleware(
         AccessLogMiddleware(
             Starlette(routes=[Route("/stream/{name}", events)]),
-            observer=Recorder(),  # type: ignore[arg-type]
+            observer=Recorder(),
         )
     )
     caplog.set_level(logging.INFO)
@@ -263,7 +265,7 @@ def test_tracebacks_are_redacted_too() -> None:
     import io
     import logging as _logging
 
-    from satapi.logs import JsonFormatter, TextFormatter, _Redactor
+    from satapi.observability.logs import JsonFormatter, TextFormatter, _Redactor
 
     for formatter in (TextFormatter(), JsonFormatter()):
         stream = io.StringIO()

@@ -24,7 +24,7 @@ from PIL import Image
 
 from satapi.analyzers.pixels import CHANGE_MASK_LEGEND
 from satapi.config import Settings
-from satapi.storage import TEMP_PREFIX
+from satapi.stores.local import TEMP_PREFIX
 from satapi.wms_client import GetMapRequest
 from tests.conftest import WMS_URL, store_files
 from tests.support.fake_anthropic import FakeAnthropic

@@ -355,7 +355,7 @@ async def test_image_removed_behind_the_service_back_is_404_then_fetched_again(
     # With several workers sharing the data directory, another worker's eviction can remove an
     # image this process still remembers: its bytes are a clean 404, and once the memory of it
     # is older than RECHECK_S the next request downloads it again.
-    import satapi.storage as storage
+    import satapi.stores.local as storage
 
     upstream = SlowWMS()
     wms.get(WMS_URL).mock(side_effect=upstream)

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from satapi.app import create_app
 from satapi.config import Settings
-from satapi.metrics import Metrics
+from satapi.observability.metrics import Metrics
 from tests.conftest import WMS_URL, png_bytes
 from tests.support.fake_anthropic import FakeAnthropic, Reply
 
@@ -277,11 +277,13 @@ def test_multiprocess_mode_sums_the_workers(
         """
         import os
         from pathlib import Path
-        from satapi.metrics import Metrics
+        from satapi.observability.events import DownloadSettled, RequestFinished
+        from satapi.observability.metrics import Metrics
         m = Metrics(multiprocess_dir=Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
-        m.download(provider="test", layer="scene", outcome="ok", duration_s=0.2, nbytes=100,
-                   queue_wait_s=0.01)
-        m.request(method="GET", route="/api/images/{image_id}", status=200, duration_s=0.01)
+        m.observe(DownloadSettled(provider="test", layer="scene", outcome="ok", duration_s=0.2,
+                                  nbytes=100, queue_wait_s=0.01))
+        m.observe(RequestFinished(method="GET", route="/api/images/{image_id}", status=200,
+                                  duration_s=0.01))
         """
     )
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from satapi.storage import (
+from satapi.storage import ImageRecord
+from satapi.stores.local import (
     TEMP_PREFIX,
-    AnalysisStore,
-    ImageRecord,
+    LocalAnalysisStore,
     LocalImageStore,
     is_stale_temp,
     temp_name,
@@ -114,7 +114,7 @@ async def test_start_up_removes_dead_processes_temp_files(tmp_path: Path, where:
     dead.write_bytes(b"partial")
     store = LocalImageStore(tmp_path, max_bytes=10**6)
     await store.start()
-    await AnalysisStore(tmp_path).start()
+    await LocalAnalysisStore(tmp_path).start()
     await store.close()
     assert not dead.exists()
 
@@ -124,7 +124,7 @@ async def test_writer_gathers_chunks_and_keeps_them_whole(
 ) -> None:
     # Each aiofiles write is a thread hop: network-sized chunks are gathered into pieces of
     # WRITE_BUFFER bytes, and the file still holds every byte in order, retries included.
-    import satapi.storage as storage
+    import satapi.stores.local as storage
 
     store = LocalImageStore(tmp_path, max_bytes=10**8)
     await store.start()
@@ -167,7 +167,7 @@ async def test_store_recreates_a_removed_shard_directory(tmp_path: Path) -> None
 async def test_recent_records_are_answered_from_memory_for_a_while(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import satapi.storage as storage
+    import satapi.stores.local as storage
 
     store = LocalImageStore(tmp_path, max_bytes=10**6)
     await store.start()

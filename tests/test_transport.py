@@ -7,7 +7,7 @@ import ssl
 
 import httpx2
 
-from satapi.transport import POOL_SHARD_SIZE, ShardedTransport, shard_count
+from satapi.providers.transport import POOL_SHARD_SIZE, ShardedTransport, shard_count
 
 
 async def _serve(counter: list[int]) -> asyncio.Server:

@@ -8,8 +8,9 @@ import pytest
 
 from satapi.config import ProviderConfig
 from satapi.errors import InvalidBBox, UrlNotAllowed
+from satapi.providers.wms import build_target, target_from_url
 from satapi.urlpolicy import UrlPolicy
-from satapi.wms_client import GetMapRequest, build_target, target_from_url, validate_bbox
+from satapi.wms_client import GetMapRequest, validate_bbox
 
 
 def provider(version: str, **kw: object) -> ProviderConfig:

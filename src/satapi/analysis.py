@@ -14,7 +14,12 @@ from satapi.analyzers.base import AnalysisResult, AnalysisTask, Analyzer, ImageI
 from satapi.errors import AINotConfigured
 from satapi.imagery import FetchedImage
 from satapi.imaging import png_size
-from satapi.observe import NullObserver, Observer, analysis_outcome
+from satapi.observability.events import (
+    AnalysisFinished,
+    NullObserver,
+    Observer,
+    analysis_outcome,
+)
 from satapi.storage import AnalysisStore, ImageRecord, ImageStore
 
 AnalyzerChoice = Literal["auto", "claude", "local"]
@@ -106,11 +111,13 @@ class AnalysisService:
         stored = await self._results.get(key)
         if stored is not None and await self._derived_present(stored):
             analyzed = await self._from_stored(key, stored, started)
-            self._observer.analysis(
-                analyzer=analyzed.analyzer,
-                model=analyzed.model,
-                outcome="cached",
-                duration_s=analyzed.analysis_s,
+            self._observer.observe(
+                AnalysisFinished(
+                    analyzer=analyzed.analyzer,
+                    model=analyzed.model,
+                    outcome="cached",
+                    duration_s=analyzed.analysis_s,
+                )
             )
             yield TextDelta(analyzed.text)
             yield analyzed
@@ -186,13 +193,15 @@ class AnalysisService:
             outcome = "error"  # the analyzer ended without a result
         else:
             outcome = analysis_outcome(failure)
-        self._observer.analysis(
-            analyzer=analyzer.name,
-            model=result.model if result is not None else analyzer.model,
-            outcome=outcome,
-            duration_s=duration_s,
-            input_tokens=int(usage.get("input_tokens", 0)),
-            output_tokens=int(usage.get("output_tokens", 0)),
+        self._observer.observe(
+            AnalysisFinished(
+                analyzer=analyzer.name,
+                model=result.model if result is not None else analyzer.model,
+                outcome=outcome,
+                duration_s=duration_s,
+                input_tokens=int(usage.get("input_tokens", 0)),
+                output_tokens=int(usage.get("output_tokens", 0)),
+            )
         )
 
     async def save(self, analyzed: Analyzed, response: dict[str, Any]) -> None:

@@ -13,33 +13,33 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from satapi import __version__
-from satapi.access_log import AccessLogMiddleware
 from satapi.analysis import AnalysisService
 from satapi.analyzers.base import Analyzer
 from satapi.analyzers.local import LocalAnalyzer
 from satapi.app_state import Resources
 from satapi.config import Settings, load_settings
 from satapi.cpu import CpuRunner
-from satapi.docs import install_docs
-from satapi.handlers import add_exception_handlers
 from satapi.imagery import ImageService
-from satapi.limits import LocalLimiter
-from satapi.logs import setup_logging
-from satapi.metrics import Metrics
-from satapi.middleware import (
+from satapi.limits import make_limiter
+from satapi.models import ErrorResponse
+from satapi.observability.events import NullObserver, Observer, Observers
+from satapi.observability.logs import LogObserver, setup_logging
+from satapi.observability.metrics import Metrics
+from satapi.providers.transport import ShardedTransport
+from satapi.routers import analyses, comparison, health, images, providers, timeseries, vision
+from satapi.routers.metrics import router as metrics_router
+from satapi.storage import open_stores
+from satapi.urlpolicy import UrlPolicy
+from satapi.web.access_log import AccessLogMiddleware
+from satapi.web.docs import install_docs
+from satapi.web.handlers import add_exception_handlers
+from satapi.web.middleware import (
     ApiKeyMiddleware,
     BodyLimitMiddleware,
     DeadlineMiddleware,
     RequestIdMiddleware,
 )
-from satapi.models import ErrorResponse
-from satapi.observe import LogObserver, NullObserver, Observer, Observers
-from satapi.routers import analyses, comparison, health, images, providers, timeseries, vision
-from satapi.routers.metrics import router as metrics_router
-from satapi.storage import AnalysisStore, LocalImageStore
-from satapi.transport import ShardedTransport
-from satapi.urlpolicy import UrlPolicy
-from satapi.wms_client import RetryPolicy, WMSClient
+from satapi.wms_client import make_image_client
 
 log = logging.getLogger("satapi")
 
@@ -84,33 +84,12 @@ async def open_resources(
     """
     observer = observer if observer is not None else NullObserver()
     cpu = CpuRunner(settings.cpu_threads)
-    store = LocalImageStore(settings.data_dir, max_bytes=settings.store_max_bytes)
+    store, analyses = open_stores(settings)
     await store.start()
-    limiter = LocalLimiter(
-        settings.max_concurrent_wms,
-        {name: p.max_concurrency for name, p in settings.providers.items()},
-        max_waiting=settings.max_waiting,
-        min_intervals={name: p.min_interval_s for name, p in settings.providers.items()},
-    )
+    limiter = make_limiter(settings)
     policy = UrlPolicy(settings.providers, settings.allowed_hosts)
     http = make_http_client(settings)
-    client = WMSClient(
-        http,
-        limiter,
-        providers=settings.providers,
-        policy=policy,
-        cpu=cpu,
-        max_bytes=settings.max_image_bytes,
-        total_timeout_s=settings.wms_total_timeout_s,
-        retry=RetryPolicy(
-            attempts=settings.retry_attempts,
-            wait_initial=settings.retry_wait_initial_s,
-            wait_max=settings.retry_wait_max_s,
-        ),
-        secrets=settings.secrets,
-        capabilities_ttl_s=settings.capabilities_ttl_s,
-        observer=observer,
-    )
+    client = make_image_client(settings, http, limiter, policy=policy, cpu=cpu, observer=observer)
     service = ImageService(
         client,
         store,
@@ -121,7 +100,6 @@ async def open_resources(
         cache_ttl_s=settings.cache_ttl_s,
         observer=observer,
     )
-    analyses = AnalysisStore(settings.data_dir)
     await analyses.start()
     analyzers: dict[str, Analyzer] = {
         "local": LocalAnalyzer(cpu, max_pixels=settings.max_image_px**2)

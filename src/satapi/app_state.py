@@ -12,7 +12,7 @@ from satapi.config import Settings
 from satapi.cpu import CpuRunner
 from satapi.imagery import ImageService
 from satapi.limits import Limiter
-from satapi.observe import NullObserver, Observer
+from satapi.observability.events import NullObserver, Observer
 from satapi.storage import AnalysisStore, ImageStore
 
 if TYPE_CHECKING:  # the SDK is imported only when an API key is configured (see satapi.app)

@@ -11,7 +11,7 @@ import uvicorn
 
 from satapi import __version__
 from satapi.config import SettingsError, load_settings
-from satapi.logs import setup_logging
+from satapi.observability.logs import setup_logging
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -11,17 +11,17 @@ from dataclasses import dataclass, field
 from satapi.cpu import CpuRunner
 from satapi.errors import InvalidRequest, SatapiError
 from satapi.imaging import verify_image
-from satapi.observe import NullObserver, Observer, download_outcome, error_code
+from satapi.observability.events import (
+    DownloadSettled,
+    NullObserver,
+    Observer,
+    download_outcome,
+    error_code,
+)
+from satapi.providers.wms import build_target, target_from_url
 from satapi.storage import ImageRecord, ImageStore
 from satapi.urlpolicy import UrlPolicy
-from satapi.wms_client import (
-    DownloadStats,
-    FetchTarget,
-    GetMapRequest,
-    WMSClient,
-    build_target,
-    target_from_url,
-)
+from satapi.wms_client import DownloadStats, FetchTarget, GetMapRequest, ImageClient
 
 StageCallback = Callable[[str], None]
 
@@ -56,7 +56,7 @@ class ImageService:
 
     def __init__(
         self,
-        client: WMSClient,
+        client: ImageClient,
         store: ImageStore,
         cpu: CpuRunner,
         policy: UrlPolicy,
@@ -233,18 +233,22 @@ class ImageService:
         queue_wait_s: float = 0.0,
         error: str | None = None,
     ) -> None:
-        self._observer.download(
-            provider=target.source,
-            layer=target.layer,
-            outcome=outcome,
-            duration_s=duration_s,
-            nbytes=nbytes,
-            queue_wait_s=queue_wait_s,
-            # Only a download's own line shows the URL: building it (urlencode) is skipped for
-            # cache hits and shares, which are noted on their request's line.
-            source_url=None if outcome in ("cache_hit", "shared") else target.url(redacted=True),
-            error=error,
-            image_id=target.image_id,
+        self._observer.observe(
+            DownloadSettled(
+                provider=target.source,
+                layer=target.layer,
+                outcome=outcome,
+                duration_s=duration_s,
+                nbytes=nbytes,
+                queue_wait_s=queue_wait_s,
+                # Only a download's own line shows the URL: building it (urlencode) is skipped for
+                # cache hits and shares, which are noted on their request's line.
+                source_url=None
+                if outcome in ("cache_hit", "shared")
+                else target.url(redacted=True),
+                error=error,
+                image_id=target.image_id,
+            )
         )
 
     async def _download_and_store(

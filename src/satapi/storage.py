@@ -1,63 +1,25 @@
-"""The content-addressed image store and the analysis result store, on local files via aiofiles."""
+"""The store seam: image records, the image and analysis store protocols, and the factory.
+
+Backends live in `satapi.stores` (`stores/local.py`: files via aiofiles). Images are
+content-addressed: an image's id is the sha256 of its canonical request.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import logging
-import os
 import re
-import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from time import monotonic
 from time import time as _now
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import aiofiles
-import aiofiles.os
+from satapi.errors import InvalidRequest
 
-from satapi.errors import InvalidRequest, NotFound
-
-log = logging.getLogger("satapi.storage")
+if TYPE_CHECKING:
+    from satapi.config import Settings
 
 ID_PATTERN = r"^[0-9a-f]{64}$"
 _ID_RE = re.compile(ID_PATTERN)
-TEMP_PREFIX = ".tmp-"
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}
-CHUNK = 64 * 1024
-WRITE_BUFFER = 256 * 1024  # bytes gathered per aiofiles write
-RECHECK_S = 2.0  # how long a record seen on disk is trusted from memory
-MEMORY_RECORDS = 4096  # records kept in memory, most recently used
-
-
-def temp_name(stem: str, suffix: str = "") -> str:
-    """A unique temporary file name that carries this process's id (see `is_stale_temp`)."""
-    return f"{TEMP_PREFIX}{os.getpid()}-{stem}-{uuid.uuid4().hex}{suffix}"
-
-
-def is_stale_temp(name: str) -> bool:
-    """True for a temp file whose writing process is gone (or that names no process).
-
-    With several workers sharing a data directory, a worker starting up must not delete the
-    temp files of downloads other workers still have in flight.
-    """
-    pid_text = name.removeprefix(TEMP_PREFIX).split("-", 1)[0]
-    if not pid_text.isdigit():
-        return True
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def check_id(value: str) -> str:
@@ -169,382 +131,27 @@ class ImageStore(Protocol):
         ...
 
 
-class _LocalWriter:
-    """Writes through aiofiles in pieces of up to `WRITE_BUFFER` bytes; commits in one hop.
-
-    Each aiofiles call is a hop to a worker thread and back, so chunks from the network are
-    gathered into bounded pieces first (a tiny image is one write), the shard directories are
-    made once at start-up, and the record plus both renames happen in a single hop.
-    """
-
-    def __init__(self, store: LocalImageStore, image_id: str) -> None:
-        self._store = store
-        self.image_id = image_id
-        self.temp_path = store.meta_path(image_id).with_name(temp_name(image_id))
-        self.bytes_written = 0
-        self._buffer = bytearray()
-        self._file: Any = None
-        self._done = False
-        store._writers.add(self)
-
-    async def _open(self) -> None:
-        try:
-            self._file = await aiofiles.open(self.temp_path, "wb")
-        except FileNotFoundError:  # the shard directory was removed while running
-            await aiofiles.os.makedirs(self.temp_path.parent, exist_ok=True)
-            self._file = await aiofiles.open(self.temp_path, "wb")
-
-    async def write(self, chunk: bytes) -> None:
-        self.bytes_written += len(chunk)
-        if not self._buffer and len(chunk) >= WRITE_BUFFER:
-            await self._file.write(chunk)  # big enough on its own: no copy
-            return
-        self._buffer += chunk
-        if len(self._buffer) >= WRITE_BUFFER:
-            await self._flush()
-
-    async def _flush(self) -> None:
-        if self._buffer:
-            # Hand the buffer itself to the worker thread (no copy) and start a new one.
-            data, self._buffer = self._buffer, bytearray()
-            await self._file.write(data)
-
-    async def reset(self) -> None:
-        self._buffer.clear()
-        await self._file.seek(0)
-        await self._file.truncate()
-        self.bytes_written = 0
-
-    async def finish(self) -> None:
-        if not self._file.closed:
-            await self._flush()
-            await self._file.close()  # flushes Python's buffer too
-
-    async def commit(self, record: ImageRecord) -> None:
-        await self.finish()
-        final_path = self._store.image_path(self.image_id, record.content_type)
-        meta_path = self._store.meta_path(self.image_id)
-        await asyncio.to_thread(_publish, self.temp_path, final_path, meta_path, record)
-        self._done = True
-        self._store._writers.discard(self)
-        self._store._remember(record)
-        self._store._note(record, monotonic())
-
-    async def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._buffer.clear()
-        if self._file is not None:
-            with contextlib.suppress(Exception):
-                await self._file.close()
-        await _remove_quietly(self.temp_path)
-        self._store._writers.discard(self)
-
-
-def _publish(temp_path: Path, final_path: Path, meta_path: Path, record: ImageRecord) -> None:
-    # One worker-thread hop: write the record to a temp file, then rename the image into place
-    # and the record after it, so a record never points at a missing image. The final name
-    # follows the type the bytes turned out to have.
-    meta_temp = meta_path.with_name(temp_name(record.id, ".json"))
-    try:
-        meta_temp.write_text(json.dumps(asdict(record)))
-        temp_path.replace(final_path)
-        meta_temp.replace(meta_path)
-    except BaseException:
-        meta_temp.unlink(missing_ok=True)
-        temp_path.unlink(missing_ok=True)
-        raise
-
-
-async def _remove_quietly(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        await aiofiles.os.remove(path)
-
-
-class LocalImageStore:
-    """Images under `<root>/images/<2 hex>/<id>.<ext>` with `<id>.json` records beside them.
-
-    Writes go to a temporary file in the same directory and are renamed into place, so no partial
-    file is ever visible. The store is held under `max_bytes` by evicting the least recently used
-    images in a background task.
-    """
-
-    def __init__(self, root: Path, *, max_bytes: int, evict_interval_s: float = 30.0) -> None:
-        self.root = Path(root) / "images"
-        self.max_bytes = max_bytes
-        self._evict_interval_s = evict_interval_s
-        self._lru: OrderedDict[str, tuple[int, str]] = OrderedDict()  # id -> (bytes, content_type)
-        self._total = 0
-        self.evictions = 0
-        self._reading: dict[str, int] = {}
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._writers: set[_LocalWriter] = set()  # not yet committed or aborted
-        # Recently seen records, so a burst of cache hits costs no file access each: with
-        # several workers sharing the directory another may evict an image meanwhile, so
-        # memory is trusted for RECHECK_S only, and readers report a vanished image as 404.
-        self._seen: OrderedDict[str, tuple[ImageRecord, float]] = OrderedDict()
-
-    # -- paths ----------------------------------------------------------------------------------
-
-    def _dir(self, image_id: str) -> Path:
-        return self.root / check_id(image_id)[:2]
-
-    def image_path(self, image_id: str, content_type: str) -> Path:
-        """Where the image's bytes live."""
-        return self._dir(image_id) / f"{image_id}.{EXTENSIONS.get(content_type, 'bin')}"
-
-    def meta_path(self, image_id: str) -> Path:
-        """Where the image's record lives."""
-        return self._dir(image_id) / f"{image_id}.json"
-
-    # -- life cycle -----------------------------------------------------------------------------
+class AnalysisStore(Protocol):
+    """Where analysis results live, as JSON objects by id."""
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._make_shards)
-        entries = await asyncio.to_thread(self._scan)
-        for image_id, size, content_type in entries:
-            self._lru[image_id] = (size, content_type)
-            self._total += size
-        self._task = asyncio.create_task(self._evict_loop(), name="satapi-store-evict")
-        if self._total > self.max_bytes:
-            self._wake.set()
-
-    def _make_shards(self) -> None:
-        # All 256 shard directories up front, so a download never spends a hop on makedirs.
-        for n in range(256):
-            (self.root / f"{n:02x}").mkdir(parents=True, exist_ok=True)
-
-    def _scan(self) -> list[tuple[str, int, str]]:
-        # Runs in a thread at start-up: removes leftover temp files and indexes what is there,
-        # oldest first so the LRU order starts from the records' ages.
-        found: list[tuple[float, str, int, str]] = []
-        for shard in self.root.iterdir():
-            if not shard.is_dir():
-                continue
-            for path in shard.iterdir():
-                if path.name.startswith(TEMP_PREFIX):
-                    if is_stale_temp(path.name):
-                        path.unlink(missing_ok=True)
-                        log.info("removed leftover temp file %s", path.name)
-                elif path.suffix == ".json":
-                    try:
-                        record = ImageRecord.from_json(json.loads(path.read_text()))
-                        stamp = path.stat().st_mtime
-                    except (OSError, ValueError, TypeError):
-                        continue
-                    if self.image_path(record.id, record.content_type).exists():
-                        found.append((stamp, record.id, record.bytes, record.content_type))
-        found.sort()
-        return [(i, size, ct) for _, i, size, ct in found]
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        # Downloads cut off by a forced shutdown may not get to run their own clean-up; remove
-        # the temp files of this process's unfinished writers (never other processes' files).
-        for writer in list(self._writers):
-            self._writers.discard(writer)
-            await _remove_quietly(writer.temp_path)
-
-    # -- reads ----------------------------------------------------------------------------------
-
-    async def get(self, image_id: str, *, check: bool = False) -> ImageRecord | None:
-        check_id(image_id)
-        now = monotonic()
-        seen = None if check else self._seen.get(image_id)
-        if seen is not None and now - seen[1] < RECHECK_S and not seen[0].expired():
-            self._seen.move_to_end(image_id)
-            self._touch(seen[0])
-            return seen[0]
-        # One worker-thread hop for open, read, parse and the existence check; through aiofiles
-        # they were four, and a cache hit got ~20 % faster (bench/RESULTS.md, scenario 4).
-        record = await asyncio.to_thread(self._load_record, image_id)
-        if record is None:
-            self._seen.pop(image_id, None)
-            return None
-        self._note(record, now)
-        self._touch(record)
-        return record
-
-    def _note(self, record: ImageRecord, now: float) -> None:
-        self._seen[record.id] = (record, now)
-        self._seen.move_to_end(record.id)
-        if len(self._seen) > MEMORY_RECORDS:
-            self._seen.popitem(last=False)
-
-    def _gone(self, record: ImageRecord) -> NotFound:
-        # Removed behind this process's back (another worker's eviction, an operator).
-        self._seen.pop(record.id, None)
-        if (entry := self._lru.pop(record.id, None)) is not None:
-            self._total -= entry[0]
-        return NotFound(f"The stored image {record.id} is no longer in the store; ask again.")
-
-    def _load_record(self, image_id: str) -> ImageRecord | None:
-        try:
-            record = ImageRecord.from_json(json.loads(self.meta_path(image_id).read_text()))
-        except (FileNotFoundError, ValueError, TypeError):
-            return None
-        if record.expired():
-            return None
-        if not self.image_path(image_id, record.content_type).exists():
-            return None
-        return record
-
-    async def iter_bytes(self, record: ImageRecord) -> AsyncIterator[bytes]:
-        self._reading[record.id] = self._reading.get(record.id, 0) + 1
-        try:
-            try:
-                f = await aiofiles.open(self.image_path(record.id, record.content_type), "rb")
-            except FileNotFoundError:
-                raise self._gone(record) from None
-            try:
-                while chunk := await f.read(CHUNK):
-                    yield chunk
-            finally:
-                await f.close()
-        finally:
-            self._reading[record.id] -= 1
-            if not self._reading[record.id]:
-                del self._reading[record.id]
-
-    async def read_bytes(self, record: ImageRecord) -> bytes:
-        try:
-            f = await aiofiles.open(self.image_path(record.id, record.content_type), "rb")
-        except FileNotFoundError:
-            raise self._gone(record) from None
-        try:
-            data: bytes = await f.read()
-        finally:
-            await f.close()
-        return data
-
-    # -- writes ---------------------------------------------------------------------------------
-
-    async def open_writer(self, image_id: str) -> ImageWriter:
-        writer = _LocalWriter(self, image_id)
-        try:
-            await writer._open()
-        except Exception:
-            await writer.abort()  # e.g. a full disk: forget the writer, nothing to clean up
-            raise
-        return writer
-
-    async def put_bytes(self, record: ImageRecord, data: bytes) -> None:
-        writer = await self.open_writer(record.id)
-        try:
-            await writer.write(data)
-            await writer.commit(record)
-        finally:
-            await writer.abort()
-
-    async def writable(self) -> bool:
-        probe = self.root / temp_name("probe")
-        try:
-            async with aiofiles.open(probe, "wb") as f:
-                await f.write(b"ok")
-            await aiofiles.os.remove(probe)
-        except OSError:
-            return False
-        return True
-
-    # -- accounting and eviction ------------------------------------------------------------------
-
-    def stats(self) -> dict[str, int]:
-        return {"bytes": self._total, "files": len(self._lru), "evictions": self.evictions}
-
-    def _touch(self, record: ImageRecord) -> None:
-        if record.id in self._lru:
-            self._lru.move_to_end(record.id)
-        else:
-            self._remember(record)
-
-    def _remember(self, record: ImageRecord) -> None:
-        old = self._lru.pop(record.id, None)
-        if old is not None:
-            self._total -= old[0]
-        self._lru[record.id] = (record.bytes, record.content_type)
-        self._total += record.bytes
-        if self._total > self.max_bytes:
-            self._wake.set()
-
-    async def _evict_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._evict_interval_s):
-                    await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self.evict()
-            except Exception:
-                log.exception("eviction failed")
-
-    async def evict(self) -> int:
-        """Remove least recently used images until the store fits `max_bytes`; returns the count."""
-        removed = 0
-        for image_id in list(self._lru):
-            if self._total <= self.max_bytes:
-                break
-            if image_id in self._reading:
-                continue
-            size, content_type = self._lru.pop(image_id)
-            self._total -= size
-            self._seen.pop(image_id, None)
-            # Record first: without it the image is already invisible.
-            await _remove_quietly(self.meta_path(image_id))
-            await _remove_quietly(self.image_path(image_id, content_type))
-            removed += 1
-        self.evictions += removed
-        return removed
-
-
-class AnalysisStore:
-    """Analysis results as JSON files under `<root>/analyses/<2 hex>/<id>.json`."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root) / "analyses"
-
-    async def start(self) -> None:
-        """Remove temp files left by processes that are gone."""
-        await aiofiles.os.makedirs(self.root, exist_ok=True)
-        await asyncio.to_thread(remove_temp_files, self.root)
-
-    def _path(self, analysis_id: str) -> Path:
-        return self.root / check_id(analysis_id)[:2] / f"{analysis_id}.json"
+        """Prepare the store (directories, clean-up of leftovers)."""
+        ...
 
     async def get(self, analysis_id: str) -> dict[str, Any] | None:
         """The stored result, or None."""
-        try:
-            async with aiofiles.open(self._path(analysis_id)) as f:
-                data: dict[str, Any] = json.loads(await f.read())
-        except (FileNotFoundError, ValueError):
-            return None
-        return data
+        ...
 
     async def put(self, analysis_id: str, result: dict[str, Any]) -> None:
         """Store a result atomically."""
-        path = self._path(analysis_id)
-        await aiofiles.os.makedirs(path.parent, exist_ok=True)
-        temp = path.with_name(temp_name(analysis_id))
-        try:
-            async with aiofiles.open(temp, "w") as f:
-                await f.write(json.dumps(result))
-            await aiofiles.os.replace(temp, path)
-        except BaseException:
-            await _remove_quietly(temp)
-            raise
+        ...
 
 
-def remove_temp_files(root: Path) -> int:
-    """Remove leftover temp files of processes that are gone under `root` (blocking)."""
-    count = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            if name.startswith(TEMP_PREFIX) and is_stale_temp(name):
-                Path(dirpath, name).unlink(missing_ok=True)
-                count += 1
-    return count
+def open_stores(settings: Settings) -> tuple[ImageStore, AnalysisStore]:
+    """The image and analysis stores the settings ask for (not started yet)."""
+    from satapi.stores.local import LocalAnalysisStore, LocalImageStore
+
+    return (
+        LocalImageStore(settings.data_dir, max_bytes=settings.store_max_bytes),
+        LocalAnalysisStore(settings.data_dir),
+    )

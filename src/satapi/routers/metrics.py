@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from satapi.metrics import Metrics
+from satapi.observability.metrics import Metrics
 
 router = APIRouter(include_in_schema=False)
 

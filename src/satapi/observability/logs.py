@@ -1,4 +1,4 @@
-"""Logging set-up: one line per event, readable text or JSON, secrets redacted."""
+"""Logging: set-up (one line per event, text or JSON, secrets redacted) and the log sink."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from satapi.middleware import request_id_var
+from satapi.observability.events import AnalysisFinished, DownloadSettled, Event, request_notes
 from satapi.redaction import redact
+from satapi.web.middleware import request_id_var
 
+download_log = logging.getLogger("satapi.wms")
+analysis_log = logging.getLogger("satapi.analysis")
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
@@ -98,3 +101,66 @@ def setup_logging(fmt: str = "text", level: str = "info", secrets: Iterable[str]
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
+
+
+class LogObserver:
+    """Writes one structured log line per download and per analysis (requests: see access_log)."""
+
+    def observe(self, event: Event) -> None:
+        """Log a settled download or a finished analysis; other events are not logged here.
+
+        Shedding is logged by the download line (outcome=shed).
+        """
+        match event:
+            case DownloadSettled():
+                self._download(event)
+            case AnalysisFinished():
+                self._analysis(event)
+
+    @staticmethod
+    def _download(event: DownloadSettled) -> None:
+        """A cache hit or a share of another request's download is no download: it is noted on
+        the request's own access-log line (`cache`, `image_id`) instead of a line of its own.
+        """
+        outcome = event.outcome
+        cache = {"cache_hit": "hit", "shared": "shared"}.get(outcome, "miss")
+        notes = request_notes.get()
+        if cache != "miss" and notes is not None:
+            notes.setdefault("cache", []).append(cache)
+            notes.setdefault("image_id", []).append(event.image_id)
+            return
+        level = logging.INFO if outcome in ("ok", "cache_hit", "shared") else logging.WARNING
+        download_log.log(
+            level,
+            "download %s",
+            outcome,
+            extra={
+                "event": "download",
+                "provider": event.provider,
+                "layer": event.layer,
+                "cache": cache,
+                "outcome": outcome,
+                "queue_wait_ms": round(event.queue_wait_s * 1000, 1),
+                "duration_ms": round(event.duration_s * 1000, 1),
+                "bytes": event.nbytes,
+                "error": event.error,
+                "image_id": event.image_id,
+                "source_url": event.source_url,
+            },
+        )
+
+    @staticmethod
+    def _analysis(event: AnalysisFinished) -> None:
+        analysis_log.info(
+            "analysis %s",
+            event.outcome,
+            extra={
+                "event": "analysis",
+                "analyzer": event.analyzer,
+                "model": event.model,
+                "outcome": event.outcome,
+                "duration_ms": round(event.duration_s * 1000, 1),
+                "input_tokens": event.input_tokens,
+                "output_tokens": event.output_tokens,
+            },
+        )

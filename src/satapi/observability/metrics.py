@@ -19,6 +19,13 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from satapi.limits import SlotStats
+from satapi.observability.events import (
+    AnalysisFinished,
+    DownloadSettled,
+    Event,
+    RequestFinished,
+    Shed,
+)
 
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 DOWNLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
@@ -112,7 +119,7 @@ class _StateCollector(Collector):
 
 
 class Metrics:
-    """The app's metrics; implements `satapi.observe.Observer`.
+    """The app's metrics; is an observer (`satapi.observability.events`).
 
     Each instance owns its registry, so several apps in one process do not collide. With
     `multiprocess_dir` (prometheus-client's `PROMETHEUS_MULTIPROC_DIR`), counters and histograms
@@ -232,54 +239,30 @@ class Metrics:
         registry.register(self._state)
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
-    # -- Observer --------------------------------------------------------------------------------
+    # -- the metrics sink ------------------------------------------------------------------------
 
-    def request(self, *, method: str, route: str, status: int, duration_s: float) -> None:
-        """Count a finished HTTP request and observe its duration."""
-        method = method if method in METHODS else "OTHER"
-        self.http_requests.labels(method, route, str(status)).inc()
-        self.http_duration.labels(method, route).observe(duration_s)
-
-    def download(
-        self,
-        *,
-        provider: str,
-        layer: str | None,
-        outcome: str,
-        duration_s: float,
-        nbytes: int,
-        queue_wait_s: float,
-        source_url: str | None = None,
-        error: str | None = None,
-        image_id: str | None = None,
-    ) -> None:
-        """Count a settled image request; downloads also feed the duration and byte series."""
-        self.downloads.labels(provider, outcome).inc()
-        if outcome in TRANSFER_OUTCOMES:
-            self.download_duration.labels(provider, outcome).observe(duration_s)
-            self.queue_wait.labels(provider).observe(queue_wait_s)
-        if outcome == "ok":
-            self.download_bytes.labels(provider).inc(nbytes)
-
-    def shed(self, provider: str) -> None:
-        """Count a request refused by load shedding."""
-        self.shed_requests.labels(provider).inc()
-
-    def analysis(
-        self,
-        *,
-        analyzer: str,
-        model: str | None,
-        outcome: str,
-        duration_s: float,
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-    ) -> None:
-        """Count a finished analysis, its duration and its tokens."""
-        model_label = model or ""
-        self.analyses.labels(analyzer, model_label, outcome).inc()
-        self.analysis_duration.labels(analyzer, model_label).observe(duration_s)
-        if input_tokens:
-            self.ai_input_tokens.labels(analyzer, model_label).inc(input_tokens)
-        if output_tokens:
-            self.ai_output_tokens.labels(analyzer, model_label).inc(output_tokens)
+    def observe(self, event: Event) -> None:
+        """Count and time the observations metrics are made of."""
+        match event:
+            case RequestFinished(method=method, route=route, status=status):
+                method = method if method in METHODS else "OTHER"
+                self.http_requests.labels(method, route, str(status)).inc()
+                self.http_duration.labels(method, route).observe(event.duration_s)
+            case DownloadSettled(provider=provider, outcome=outcome):
+                # Downloads also feed the duration and byte series; cache hits only the count.
+                self.downloads.labels(provider, outcome).inc()
+                if outcome in TRANSFER_OUTCOMES:
+                    self.download_duration.labels(provider, outcome).observe(event.duration_s)
+                    self.queue_wait.labels(provider).observe(event.queue_wait_s)
+                if outcome == "ok":
+                    self.download_bytes.labels(provider).inc(event.nbytes)
+            case Shed(provider=provider):
+                self.shed_requests.labels(provider).inc()
+            case AnalysisFinished(analyzer=analyzer):
+                model_label = event.model or ""
+                self.analyses.labels(analyzer, model_label, event.outcome).inc()
+                self.analysis_duration.labels(analyzer, model_label).observe(event.duration_s)
+                if event.input_tokens:
+                    self.ai_input_tokens.labels(analyzer, model_label).inc(event.input_tokens)
+                if event.output_tokens:
+                    self.ai_output_tokens.labels(analyzer, model_label).inc(event.output_tokens)

@@ -10,7 +10,7 @@ from typing import Any
 from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from satapi.observe import NullObserver, Observer, request_notes
+from satapi.observability.events import NullObserver, Observer, RequestFinished, request_notes
 
 log = logging.getLogger("satapi.access")
 
@@ -117,7 +117,9 @@ class AccessLogMiddleware:
         status = status or 500
         route = route_template(scope, original)
         method = str(scope.get("method", ""))
-        self.observer.request(method=method, route=route, status=status, duration_s=duration)
+        self.observer.observe(
+            RequestFinished(method=method, route=route, status=status, duration_s=duration)
+        )
         client = scope.get("client")
         state = scope.get("state") or {}
         if route in self.quiet_routes and status < 400:

@@ -12,8 +12,8 @@ from contextvars import ContextVar
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from satapi.auth import bearer_token, check_api_key
 from satapi.errors import Unauthorized
+from satapi.web.auth import bearer_token, check_api_key
 
 request_id_var: ContextVar[str | None] = ContextVar("satapi_request_id", default=None)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")

@@ -1,0 +1,1 @@
+"""Limiter backends (concurrency caps, leases) behind the `satapi.limits` protocol."""

@@ -1,0 +1,118 @@
+"""The in-process limiter: asyncio semaphores for the global and per-provider caps."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from satapi.errors import Overloaded
+from satapi.limits import SlotStats
+
+
+@dataclass
+class _Provider:
+    semaphore: asyncio.Semaphore
+    stats: SlotStats
+    min_interval_s: float = 0.0
+    next_start: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class LocalLimiter:
+    """In-process semaphores: at most `global_cap` transfers, and each provider's own cap.
+
+    When `max_waiting` requests already wait for a permit, a new one is refused at once with
+    `Overloaded` instead of queueing without bound.
+    """
+
+    def __init__(
+        self,
+        global_cap: int,
+        provider_caps: Mapping[str, int],
+        *,
+        max_waiting: int,
+        min_intervals: Mapping[str, float] | None = None,
+        default_cap: int = 4,
+    ) -> None:
+        self._global = asyncio.Semaphore(global_cap)
+        self._global_stats = SlotStats(capacity=global_cap)
+        self._max_waiting = max_waiting
+        self._default_cap = default_cap
+        intervals = min_intervals or {}
+        self._providers: dict[str, _Provider] = {
+            key: self._new_provider(cap, intervals.get(key, 0.0))
+            for key, cap in provider_caps.items()
+        }
+
+    @staticmethod
+    def _new_provider(cap: int, interval: float) -> _Provider:
+        return _Provider(asyncio.Semaphore(cap), SlotStats(capacity=cap), interval)
+
+    def _provider(self, key: str) -> _Provider:
+        if key not in self._providers:
+            self._providers[key] = self._new_provider(self._default_cap, 0.0)
+        return self._providers[key]
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a permit right now."""
+        return self._global_stats.waiting
+
+    def stats(self) -> dict[str, SlotStats]:
+        """Counters, with the global ones under the key `"*"`."""
+        out = {"*": self._global_stats}
+        out.update({key: p.stats for key, p in self._providers.items()})
+        return out
+
+    @asynccontextmanager
+    async def slot(self, key: str) -> AsyncIterator[float]:
+        """Hold a provider permit and a global permit; yields the seconds spent waiting."""
+        provider = self._provider(key)
+        busy = provider.semaphore.locked() or self._global.locked()
+        if busy and self._global_stats.waiting >= self._max_waiting:
+            raise Overloaded(
+                "Too many image requests are waiting for the WMS servers; try again shortly.",
+                retry_after=1,
+            )
+        started = time.perf_counter()
+        self._global_stats.waiting += 1
+        provider.stats.waiting += 1
+        try:
+            # Provider first, so requests queued for one slow server hold no global permit.
+            await provider.semaphore.acquire()
+            try:
+                await self._global.acquire()
+            except BaseException:
+                provider.semaphore.release()
+                raise
+        finally:
+            self._global_stats.waiting -= 1
+            provider.stats.waiting -= 1
+        try:
+            await self._respect_interval(provider)
+            waited = time.perf_counter() - started
+            for stats in (self._global_stats, provider.stats):
+                stats.in_flight += 1
+                stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+            try:
+                yield waited
+            finally:
+                self._global_stats.in_flight -= 1
+                provider.stats.in_flight -= 1
+        finally:
+            self._global.release()
+            provider.semaphore.release()
+
+    @staticmethod
+    async def _respect_interval(provider: _Provider) -> None:
+        if provider.min_interval_s <= 0:
+            return
+        async with provider.lock:
+            now = time.monotonic()
+            delay = provider.next_start - now
+            provider.next_start = max(now, provider.next_start) + provider.min_interval_s
+        if delay > 0:
+            await asyncio.sleep(delay)

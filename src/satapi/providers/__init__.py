@@ -1,0 +1,1 @@
+"""Provider kinds: each implements the `satapi.wms_client.ImageClient` protocol."""

@@ -1,0 +1,1 @@
+"""Image and analysis store backends behind the `satapi.storage` protocols."""

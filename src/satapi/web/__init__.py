@@ -1,0 +1,1 @@
+"""The web layer: ASGI middleware, error envelopes, API keys, the offline API explorer."""
