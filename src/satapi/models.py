@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from satapi.storage import ImageRecord
-from satapi.wms_client import GetMapRequest
+if TYPE_CHECKING:
+    # Only for annotations: the models are shared with `satapi.client`, which must import
+    # without the server's modules (aiofiles, stamina, lxml, ...).
+    from satapi.storage import ImageRecord
+    from satapi.wms_client import GetMapRequest
 
 TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?$"
 LAYER_PATTERN = r"^[A-Za-z0-9_.:,\-/ ]{1,256}$"
@@ -74,6 +77,8 @@ class ImageFields(BaseModel):
         self, default_layer: str, *, time: str | None = None, layer: str | None = None
     ) -> GetMapRequest:
         """The domain request: `layer`, else this request's layer, else the provider's default."""
+        from satapi.wms_client import GetMapRequest  # server-side only (see the imports)
+
         assert self.bbox is not None
         return GetMapRequest(
             layer=layer or self.layer or default_layer,
