@@ -26,7 +26,16 @@ from satapi.observability.events import NullObserver, Observer, Observers
 from satapi.observability.logs import LogObserver, setup_logging
 from satapi.observability.metrics import Metrics
 from satapi.providers.transport import ShardedTransport
-from satapi.routers import analyses, comparison, health, images, providers, timeseries, vision
+from satapi.routers import (
+    analyses,
+    comparison,
+    health,
+    images,
+    providers,
+    tiles,
+    timeseries,
+    vision,
+)
 from satapi.routers.metrics import router as metrics_router
 from satapi.storage import open_stores
 from satapi.urlpolicy import UrlPolicy
@@ -39,6 +48,7 @@ from satapi.web.middleware import (
     DeadlineMiddleware,
     RequestIdMiddleware,
 )
+from satapi.web.viewer import install_viewer
 from satapi.wms_client import make_image_client
 
 log = logging.getLogger("satapi")
@@ -180,9 +190,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_exception_handlers(app)
     _document_errors_and_keys(app)
     install_docs(app)
+    install_viewer(app)  # the map page at /
     app.include_router(metrics_router)
     app.include_router(health.router)
-    for api in (providers, images, vision, comparison, timeseries, analyses):
+    for api in (providers, images, vision, comparison, timeseries, analyses, tiles):
         app.include_router(api.router, responses=ERROR_RESPONSES)
     # Added first, so innermost: CORS (when set) answers preflights before the key check.
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
