@@ -1,4 +1,8 @@
-"""The `satapi` command: `satapi serve [--host --port --workers --reload]`."""
+"""The `satapi` command: `satapi serve [--host --port --workers --reload]`, `check-config`, and
+the client commands `image`, `analyze`, `compare`, `timeseries` (see `satapi.client.commands`).
+
+The server's modules are imported only by the server's commands: a client command starts fast
+and does not read the server's settings."""
 
 from __future__ import annotations
 
@@ -7,15 +11,16 @@ import signal
 import sys
 from types import FrameType
 
-import uvicorn
-
 from satapi import __version__
-from satapi.config import SettingsError, load_settings
-from satapi.observability.logs import setup_logging
+from satapi.client import commands
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="satapi", description="Satellite imagery analysis API.")
+    parser = argparse.ArgumentParser(
+        prog="satapi",
+        description="Satellite imagery analysis API: run it, or use a running one.",
+        epilog="`satapi <command> --help` shows a command's options and examples.",
+    )
     parser.add_argument("--version", action="version", version=f"satapi {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP service (uvicorn)")
@@ -36,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds in-flight requests get to finish on SIGTERM (default 30)",
     )
     sub.add_parser("check-config", help="validate the settings and print them (secrets hidden)")
+    commands.add_commands(sub)
     return parser
 
 
@@ -46,6 +52,17 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `satapi` console script."""
     args = _parser().parse_args(argv)
+    if getattr(args, "client_command", None):
+        return commands.run(args)
+    return _server_command(args)
+
+
+def _server_command(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from satapi.config import SettingsError, load_settings
+    from satapi.observability.logs import setup_logging
+
     try:
         settings = load_settings()
     except SettingsError as exc:

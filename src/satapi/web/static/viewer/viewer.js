@@ -128,6 +128,11 @@
 
   // --- UI helpers ------------------------------------------------------------------------------
 
+  // The results card over the map shows the text, the legend and the chart, when there are any.
+  function updateResults() {
+    $("results").hidden = !($("text").textContent || !$("legend").hidden || $("chart").firstChild);
+  }
+
   function setStatus(text) {
     $("status").textContent = text || "";
   }
@@ -365,7 +370,8 @@
     }
     if (fit && layer && layer.bbox) {
       const b = layer.bbox;
-      map.fitBounds([[b[1], b[0]], [b[3], b[2]]]);
+      // Room on the right for the results card.
+      map.fitBounds([[b[1], b[0]], [b[3], b[2]]], { paddingTopLeft: [20, 20], paddingBottomRight: [400, 20] });
       // A small layer (a scene) is a sensible first area; a global one is not.
       if ((b[2] - b[0]) * (b[3] - b[1]) <= 100) setBbox(b, false);
     }
@@ -411,6 +417,8 @@
     const response = await postJson(path, body, "text/event-stream");
     const text = $("text");
     text.textContent = "";
+    $("chart").textContent = "";
+    hideLegend();
     let result = null;
     for await (const event of events(response)) {
       if (event.name === "status") {
@@ -420,6 +428,7 @@
       } else if (event.name === "delta") {
         text.textContent += event.data.text;
         text.scrollTop = text.scrollHeight;
+        updateResults();
       } else if (event.name === "result") {
         result = event.data;
       } else if (event.name === "error") {
@@ -468,6 +477,7 @@
 
   function hideLegend() {
     $("legend").hidden = true;
+    updateResults();
   }
 
   function showLegend(metrics) {
@@ -493,6 +503,7 @@
       legend.appendChild(row);
     }
     legend.hidden = false;
+    updateResults();
   }
 
   $("series").addEventListener("click", () =>
@@ -515,7 +526,7 @@
   // A small SVG line chart of the class fractions over time.
   function drawChart(points) {
     const NS = "http://www.w3.org/2000/svg";
-    const W = 330, H = 170, L0 = 30, R0 = 8, T0 = 8, B0 = 28;
+    const W = 340, H = 170, L0 = 34, R0 = 8, T0 = 8, B0 = 28;
     const svg = document.createElementNS(NS, "svg");
     svg.setAttribute("viewBox", "0 0 " + W + " " + H);
     svg.setAttribute("role", "img");
@@ -532,10 +543,13 @@
     const y = (v) => T0 + (1 - v) * (H - T0 - B0);
     el("line", { class: "axis", x1: L0, y1: y(0), x2: W - R0, y2: y(0) });
     el("line", { class: "axis", x1: L0, y1: y(0), x2: L0, y2: y(1) });
-    for (const v of [0, 0.5, 1]) el("text", { x: 2, y: y(v) + 3 }, (v * 100).toFixed(0) + "%");
+    for (const v of [0, 0.5, 1]) {
+      el("text", { x: L0 - 4, y: y(v) + 3, "text-anchor": "end" }, (v * 100).toFixed(0) + "%");
+    }
     points.forEach((p, i) => {
       if (i === 0 || i === n - 1 || n <= 4) {
-        el("text", { x: x(i) - 24, y: H - 10 }, p.time.slice(0, 10));
+        const anchor = n === 1 ? "middle" : i === 0 ? "start" : i === n - 1 ? "end" : "middle";
+        el("text", { x: x(i), y: H - 10, "text-anchor": anchor }, p.time.slice(0, 10));
       }
     });
     for (const name of SERIES) {
@@ -556,6 +570,9 @@
     });
     const chart = $("chart");
     chart.textContent = "";
+    const title = document.createElement("strong");
+    title.textContent = "Share of the area by class, per date";
+    chart.appendChild(title);
     chart.appendChild(svg);
     const key = document.createElement("div");
     key.className = "key";
@@ -566,6 +583,7 @@
       key.appendChild(item);
     }
     chart.appendChild(key);
+    updateResults();
   }
 
   // --- start -----------------------------------------------------------------------------------

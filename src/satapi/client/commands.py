@@ -1,0 +1,309 @@
+"""The client commands of the `satapi` CLI: `image`, `analyze`, `compare`, `timeseries`.
+
+They talk to a running service through `SatapiClient`. The service's URL and API key come from
+`--url`/`--api-key`, else `SATAPI_URL`/`SATAPI_API_KEY` (read here: the server's settings are
+the server's). A failure prints one line, `satapi: <code>: <sentence>`, and exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TextIO
+
+from pydantic import BaseModel
+
+from satapi.client.api import DEFAULT_URL, SatapiClient
+from satapi.client.errors import SatapiError
+from satapi.client.events import DeltaEvent, ImageEvent, SelectionEvent, StatusEvent
+from satapi.models import TimeseriesResponse
+
+URL_ENV = "SATAPI_URL"
+KEY_ENV = "SATAPI_API_KEY"
+SERIES_COLUMNS = ["vegetation", "water", "bare", "built", "cloud", "nodata"]
+
+EXAMPLES = {
+    "image": """examples:
+  satapi image --bbox 10 45 12 46 --time 2024-06-01 -o scene.png
+  satapi image --bbox=-10,35,5,44 --provider gibs --width 1024 --height 614 --json""",
+    "analyze": """examples:
+  satapi analyze --bbox 10 45 12 46 --time 2024-06-01
+  satapi analyze --bbox 10 45 12 46 --prompt "Is there standing water?" --analyzer claude
+  satapi analyze --bbox 10 45 12 46 --json > answer.json""",
+    "compare": """examples:
+  satapi compare --bbox 10 45 12 46 --before 2024-01-01 --after 2024-06-01 -o change.png
+  satapi compare --bbox 10 45 12 46 --before 2024-01-01 --after 2024-06-01 --json""",
+    "timeseries": """examples:
+  satapi timeseries --bbox 10 45 12 46 --times 2024-01-01,2024-06-01
+  satapi timeseries --bbox 10 45 12 46 --start 2024-01-01 --end 2024-12-01 --step P1M --csv
+  satapi timeseries --bbox 10 45 12 46 --start 2024-01-01 --end 2024-12-01 --step P1M -o s.csv""",
+}
+
+COMMON_EPILOG = f"""
+The service: --url (default ${URL_ENV}, else {DEFAULT_URL}); its API key: --api-key (default
+${KEY_ENV}). A bbox with a negative first number needs --bbox=W,S,E,N (or --bbox W S E N).
+On failure one line "satapi: <code>: <what went wrong>" goes to stderr and the exit status is 1."""
+
+
+def add_commands(sub: Any) -> None:
+    """Add the client commands to the `satapi` parser's subparsers."""
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text[0].upper() + help_text[1:] + ".",
+            epilog=EXAMPLES[name] + "\n" + COMMON_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        service = parser.add_argument_group("service")
+        service.add_argument("--url", help=f"satapi's base URL (${URL_ENV}, else {DEFAULT_URL})")
+        service.add_argument("--api-key", help=f"API key (${KEY_ENV})")
+        area = parser.add_argument_group("image")
+        area.add_argument(
+            "--bbox",
+            nargs="+",
+            required=True,
+            metavar="BBOX",
+            help="W,S,E,N or W S E N: west, south, east, north (lon/lat for EPSG:4326)",
+        )
+        area.add_argument("--provider", help="a configured provider (default: the service's)")
+        area.add_argument("--layer", help="WMS layer (default: the provider's)")
+        area.add_argument("--crs", default=None, help="CRS of the bbox (default EPSG:4326)")
+        area.add_argument("--width", type=int, default=None, help="pixels (default 512)")
+        area.add_argument("--height", type=int, default=None, help="pixels (default 512)")
+        parser.add_argument("--json", action="store_true", help="print the answer as JSON")
+        parser.set_defaults(client_command=name)
+        return parser
+
+    image = command("image", "fetch (or reuse) a map image; save it with -o")
+    image.add_argument("--time", help="ISO date sent as the WMS TIME")
+    image.add_argument("-o", "--output", type=Path, help="save the image to this file")
+
+    analyze = command("analyze", "analyse an image, streaming the text as it is written")
+    analyze.add_argument("--time", help="ISO date sent as the WMS TIME")
+    _analysis_options(analyze)
+    analyze.add_argument("-o", "--output", type=Path, help="save the analysed image")
+
+    compare = command("compare", "compare two dates of one area (change mask with -o)")
+    compare.add_argument("--before", required=True, help="the earlier date")
+    compare.add_argument("--after", required=True, help="the later date")
+    _analysis_options(compare)
+    compare.add_argument(
+        "-o", "--output", type=Path, help="save the change mask (local analyzer; else the after)"
+    )
+
+    series = command("timeseries", "local metrics of one area over many dates")
+    series.add_argument("--times", help="comma-separated dates")
+    series.add_argument("--start", help="first date (with --end and --step)")
+    series.add_argument("--end", help="last date")
+    series.add_argument("--step", help="ISO 8601 duration between dates, e.g. P1M")
+    series.add_argument("--csv", action="store_true", help="print CSV")
+    series.add_argument("-o", "--output", type=Path, help="write the CSV to this file")
+
+
+def _analysis_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompt", help="a question about the image(s)")
+    parser.add_argument(
+        "--analyzer",
+        choices=("auto", "local", "claude"),
+        default=None,
+        help="auto (default): Claude when the service has a key, else local",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a client command; 0 on success, 1 (with one line on stderr) on failure."""
+    out, err = sys.stdout, sys.stderr
+    handler = HANDLERS[args.client_command]
+    try:
+        fields = _image_fields(args)
+        return asyncio.run(_with_client(args, lambda client: handler(client, args, fields, out)))
+    except SatapiError as exc:
+        print(f"satapi: {exc.code}: {_one_line(exc.message)}", file=err)
+        return 1
+    except OSError as exc:  # writing -o
+        print(f"satapi: output: {exc.strerror or exc}: {exc.filename or ''}".rstrip(), file=err)
+        return 1
+    except KeyboardInterrupt:
+        print("satapi: interrupted", file=err)
+        return 130
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+async def _with_client(
+    args: argparse.Namespace, work: Callable[[SatapiClient], Coroutine[Any, Any, int]]
+) -> int:
+    url = args.url or os.environ.get(URL_ENV) or DEFAULT_URL
+    key = args.api_key or os.environ.get(KEY_ENV) or None
+    async with SatapiClient(url, api_key=key) as client:
+        return await work(client)
+
+
+def _image_fields(args: argparse.Namespace) -> dict[str, Any]:
+    raw = ",".join(args.bbox).replace(" ", ",")
+    try:
+        bbox = [float(v) for v in raw.split(",") if v]
+    except ValueError:
+        bbox = []
+    if len(bbox) != 4:
+        raise SatapiError(
+            f"--bbox needs four numbers west,south,east,north, not {raw!r}.", code="invalid_bbox"
+        )
+    fields: dict[str, Any] = {"bbox": bbox}
+    for name in ("provider", "layer", "crs", "width", "height"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
+    for name in ("time", "prompt", "analyzer"):
+        if getattr(args, name, None) is not None:
+            fields[name] = getattr(args, name)
+    return fields
+
+
+def _print_json(model: BaseModel, out: TextIO) -> None:
+    print(model.model_dump_json(indent=2), file=out)
+
+
+async def _save(client: SatapiClient, image_id: str, path: Path | None) -> bool:
+    if path is None:
+        return False
+    data = await client.image_bytes(image_id)
+    tmp = path.with_name(path.name + ".part")
+    # Written whole, then renamed: an interrupted save leaves no half image under the name.
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return True
+
+
+async def _image(
+    client: SatapiClient, args: argparse.Namespace, fields: dict[str, Any], out: TextIO
+) -> int:
+    answer = await client.fetch_image(**fields)
+    saved = await _save(client, answer.image.id, args.output)
+    if args.json:
+        _print_json(answer, out)
+        return 0
+    image = answer.image
+    print(
+        f"{image.id}  {image.width}x{image.height} {image.content_type}, {image.bytes} bytes"
+        f"{' (stored)' if image.cached else ''}{f', saved to {args.output}' if saved else ''}",
+        file=out,
+    )
+    return 0
+
+
+async def _analyze(
+    client: SatapiClient, args: argparse.Namespace, fields: dict[str, Any], out: TextIO
+) -> int:
+    if args.json:
+        answer = await client.analyze(**fields)
+        await _save(client, answer.image.id, args.output)
+        _print_json(answer, out)
+        return 0
+    async with client.analyze_stream(**fields) as stream:
+        async for event in stream:
+            _narrate(event)
+            if isinstance(event, DeltaEvent):
+                out.write(event.text)
+                out.flush()
+        result = await stream.final()
+    out.write("\n")
+    if await _save(client, result.image.id, args.output):
+        print(f"saved the image to {args.output}", file=sys.stderr)
+    return 0
+
+
+async def _compare(
+    client: SatapiClient, args: argparse.Namespace, fields: dict[str, Any], out: TextIO
+) -> int:
+    fields = {**fields, "before": args.before, "after": args.after}
+    if args.json:
+        answer = await client.compare(**fields)
+        images = answer.images
+        await _save(client, (images.get("change_mask") or images["after"]).id, args.output)
+        _print_json(answer, out)
+        return 0
+    async with client.compare_stream(**fields) as stream:
+        async for event in stream:
+            _narrate(event)
+            if isinstance(event, DeltaEvent):
+                out.write(event.text)
+                out.flush()
+        result = await stream.final()
+    out.write("\n")
+    mask = result.images.get("change_mask")
+    image = mask or result.images["after"]
+    if await _save(client, image.id, args.output):
+        what = "change mask" if image is mask else "after image"
+        print(f"saved the {what} to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _narrate(event: Any) -> None:
+    """Stages go to stderr (when it is a terminal), so stdout carries only the text."""
+    if not sys.stderr.isatty():
+        return
+    if isinstance(event, StatusEvent):
+        side = f" ({event.side})" if event.side else ""
+        print(f"[{event.stage}{side}]", file=sys.stderr)
+    elif isinstance(event, SelectionEvent):
+        print(f"[chose {event.chosen}]", file=sys.stderr)
+    elif isinstance(event, ImageEvent):
+        side = f"{event.side} " if event.side else ""
+        print(f"[{side}image {event.image.width}x{event.image.height}]", file=sys.stderr)
+
+
+async def _timeseries(
+    client: SatapiClient, args: argparse.Namespace, fields: dict[str, Any], out: TextIO
+) -> int:
+    if args.times:
+        fields["times"] = [t.strip() for t in args.times.split(",") if t.strip()]
+    for name in ("start", "end", "step"):
+        if getattr(args, name):
+            fields[name] = getattr(args, name)
+    if args.csv or args.output:
+        text = await client.timeseries_csv(**fields)
+        if args.output:
+            tmp = args.output.with_name(args.output.name + ".part")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(args.output)
+        else:
+            out.write(text)
+        return 0
+    series = await client.timeseries(**fields)
+    if args.json:
+        _print_json(series, out)
+    else:
+        _print_table(series, out)
+    return 0
+
+
+def _print_table(series: TimeseriesResponse, out: TextIO) -> None:
+    width = max([len(p.time) for p in series.points] + [4])
+    print("time".ljust(width) + "".join(f"{c:>11}" for c in SERIES_COLUMNS), file=out)
+    for p in series.points:
+        if p.metrics is None:
+            print(f"{p.time.ljust(width)}  {p.code}: {_one_line(p.error or '')}", file=out)
+            continue
+        cells = "".join(f"{p.metrics.get(c + '_fraction', 0.0):>11.3f}" for c in SERIES_COLUMNS)
+        print(p.time.ljust(width) + cells, file=out)
+    if series.partial:
+        print("(some dates failed)", file=out)
+
+
+Handler = Callable[
+    [SatapiClient, argparse.Namespace, dict[str, Any], TextIO], Coroutine[Any, Any, int]
+]
+HANDLERS: dict[str, Handler] = {
+    "image": _image,
+    "analyze": _analyze,
+    "compare": _compare,
+    "timeseries": _timeseries,
+}
