@@ -137,6 +137,9 @@ async def test_fetch_image_then_its_bytes_and_meta(make_client: Any) -> None:
             assert image.convert("RGB").getpixel((190, 50)) == (20, 50, 120)
         meta = await client.image_meta(first.image.id)
         assert meta.image.id == first.image.id and meta.crs == "EPSG:4326"
+        tile = await client.tile("mapserver", 6, 33, 22, layer="scene", time=LATE)
+        with Image.open(io.BytesIO(tile)) as image:
+            assert image.size == (256, 256)
 
 
 async def test_analyze_compare_timeseries_and_stored_analysis(make_client: Any) -> None:
@@ -403,6 +406,31 @@ async def test_selection_and_unknown_events_do_not_break_the_stream(served: str)
     assert chosen.candidates[0]["score"] == 0.0
     assert isinstance(events[2], UnknownEvent) and events[2].data == {"new": "feature"}
     assert stream.text == "hello world" and final == result
+
+
+class SheddingThenStream(CannedStream):
+    """503 `overloaded` with `Retry-After` once, then the canned stream."""
+
+    def __init__(self, body: str) -> None:
+        super().__init__(body)
+        self.calls = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.calls += 1
+        if self.calls > 1:
+            await super().__call__(scope, receive, send)
+            return
+        body = json.dumps({"success": False, "error": "Busy.", "code": "overloaded"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"retry-after", b"2")]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def test_a_shed_stream_is_retried_before_it_starts(sleeps: list[float]) -> None:
+    app = SheddingThenStream(_sse("delta", {"text": "hi"}, 1))
+    async with _client_for(app).analyze_stream(**AREA) as stream:
+        assert [t async for t in stream.text_stream] == ["hi"]
+    assert app.calls == 2 and sleeps == [2.0]
 
 
 async def test_stream_without_result_is_an_error() -> None:
