@@ -222,3 +222,107 @@ def test_tile_edges_stay_inside_the_mercator_limit() -> None:
         _, miny, maxx, _ = tile_bounds(z, n - 1, n - 1)
         assert maxx <= WEB_MERCATOR_LIMIT and miny >= -WEB_MERCATOR_LIMIT
         assert math.isclose(maxx, ORIGIN) and math.isclose(miny, -ORIGIN)
+
+
+# --- a server that offers only EPSG:4326: the tile is re-projected row by row ---
+
+BAND_LAT = 55.0  # the fake WMS paints north of this latitude red, south of it blue
+CAPABILITIES_111 = """<?xml version="1.0" encoding="UTF-8"?>
+<WMT_MS_Capabilities version="1.1.1">
+<Service><Name>OGC:WMS</Name><Title>geographic only</Title>
+<OnlineResource xmlns:xlink="http://www.w3.org/1999/xlink" xlink:href="{url}"/></Service>
+<Capability>
+<Request>
+<GetCapabilities><Format>application/vnd.ogc.wms_xml</Format>
+<DCPType><HTTP><Get><OnlineResource xmlns:xlink="http://www.w3.org/1999/xlink"
+ xlink:href="{url}?"/></Get></HTTP></DCPType></GetCapabilities>
+<GetMap><Format>image/png</Format>
+<DCPType><HTTP><Get><OnlineResource xmlns:xlink="http://www.w3.org/1999/xlink"
+ xlink:href="{url}?"/></Get></HTTP></DCPType></GetMap>
+</Request>
+<Exception><Format>application/vnd.ogc.se_xml</Format></Exception>
+<Layer><Title>root</Title><SRS>EPSG:4326</SRS>
+<LatLonBoundingBox minx="-180" miny="-90" maxx="180" maxy="90"/>
+<Layer queryable="0"><Name>bands</Name><Title>Latitude bands</Title>
+<LatLonBoundingBox minx="-180" miny="-90" maxx="180" maxy="90"/></Layer>
+</Layer>
+</Capability>
+</WMT_MS_Capabilities>"""
+
+
+class GeographicWMS:
+    """WMS 1.1.1 in EPSG:4326 only: GetMap paints each row by its latitude."""
+
+    def __init__(self) -> None:
+        self.getmaps: list[dict[str, str]] = []
+        self.url = ""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        from urllib.parse import parse_qsl
+
+        if scope["type"] != "http":
+            return
+        params = {k.upper(): v for k, v in parse_qsl(scope["query_string"].decode())}
+        if params.get("REQUEST") == "GetCapabilities":
+            body = CAPABILITIES_111.format(url=self.url).encode()
+            content_type = b"application/vnd.ogc.wms_xml"
+        else:
+            self.getmaps.append(params)
+            _, south, _, north = (float(v) for v in params["BBOX"].split(","))
+            width, height = int(params["WIDTH"]), int(params["HEIGHT"])
+            lats = north - (np.arange(height) + 0.5) * (north - south) / height
+            pixels = np.zeros((height, width, 3), dtype=np.uint8)
+            pixels[lats >= BAND_LAT] = (200, 30, 30)
+            pixels[lats < BAND_LAT] = (30, 30, 200)
+            out = io.BytesIO()
+            Image.fromarray(pixels, "RGB").save(out, "PNG")
+            body, content_type = out.getvalue(), b"image/png"
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture(scope="module")
+def geographic_wms() -> Any:
+    from tests.test_vision_sse import ThreadedServer
+
+    wms = GeographicWMS()
+    server = ThreadedServer(wms, "geographic-wms").start()
+    wms.url = f"{server.url}/wms"
+    try:
+        yield wms
+    finally:
+        server.stop()
+
+
+async def test_a_geographic_only_layer_is_reprojected(
+    make_settings: Callable[..., Settings], geographic_wms: GeographicWMS
+) -> None:
+    settings = make_settings(
+        default_provider="geo",
+        providers={
+            "geo": {"url": geographic_wms.url, "version": "1.1.1", "default_layer": "bands"}
+        },
+    )
+    z, x, y = 3, 4, 2  # lon 0..45, lat 40.98..66.51: the 55th parallel crosses it
+    async with _app_client(settings) as c:
+        response = await c.get(f"/api/tiles/geo/{z}/{x}/{y}.png")
+        assert response.status_code == 200, response.text
+        again = await c.get(f"/api/tiles/geo/{z}/{x}/{y}.png")
+    assert again.content == response.content
+    assert len(geographic_wms.getmaps) == 1  # the source image was stored
+    getmap = geographic_wms.getmaps[0]
+    assert getmap["SRS"] == "EPSG:4326"
+    west, south, east, north = (float(v) for v in getmap["BBOX"].split(","))
+    assert (west, east) == pytest.approx((0.0, 45.0))
+    assert (south, north) == pytest.approx((40.979898, 66.513260), abs=1e-5)
+
+    pixels = tile_pixels(response.content)
+    red_rows = int((pixels[:, 128, 0] > 100).sum())
+    # Web Mercator puts the 55th parallel where its projected y falls, not linearly in latitude.
+    _, miny, _, maxy = tile_bounds(z, x, y)
+    _, y55 = lonlat_to_mercator(0.0, BAND_LAT)
+    expected = (maxy - y55) / (maxy - miny) * 256  # ~132.7 rows
+    linear = (north - BAND_LAT) / (north - south) * 256  # ~115.4: what no warp would give
+    assert abs(red_rows - expected) <= 1 and abs(red_rows - linear) > 10
+    assert (pixels[:, 0] == pixels[:, 255]).all()  # longitude stays linear: columns alike

@@ -8,9 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import Response, StreamingResponse
 
-from satapi.deps import ImagesDep
+from satapi.deps import ImagesDep, ResourcesDep
+from satapi.errors import SatapiError
+from satapi.imagery import ImageService
 from satapi.models import LAYER_PATTERN, TIME_PATTERN
-from satapi.tiles import MAX_ZOOM, tile_request
+from satapi.tiles import MAX_ZOOM, tile_plan, warp_rows
 
 router = APIRouter(prefix="/api/tiles", tags=["tiles"])
 
@@ -34,6 +36,7 @@ async def get_tile(
     x: Annotated[int, Path(ge=0, description="Column, from the west.")],
     y: Annotated[int, Path(ge=0, description="Row, from the north.")],
     images: ImagesDep,
+    resources: ResourcesDep,
     layer: Annotated[
         str | None,
         Query(pattern=LAYER_PATTERN, description="WMS layer; the provider's default if omitted."),
@@ -46,10 +49,14 @@ async def get_tile(
     """A 256 x 256 GetMap in EPSG:3857, fetched through the image store like any image: stored,
     shared by concurrent requests, under the same limits. Usable as an XYZ layer in Leaflet,
     OpenLayers or QGIS: `/api/tiles/{provider}/{z}/{x}/{y}.png?layer=...&time=...`.
+
+    A layer whose capabilities offer only EPSG:4326 or CRS:84 is fetched for the tile's lon/lat
+    box (stored the same way) and re-projected to Web Mercator row by row.
     """
     config = images.client.provider(provider)
-    req = tile_request(z, x, y, layer=layer or config.default_layer, time=time)
-    fetched = await images.fetch(images.target(provider, req))
+    name = layer or config.default_layer
+    plan = tile_plan(z, x, y, layer=name, time=time, offered=await _offered(images, provider, name))
+    fetched = await images.fetch(images.target(provider, plan.request))
     record = fetched.record
     # The id names the request; fetched_at tells a re-download of undated imagery apart.
     etag = f'"{record.id}.{int(record.fetched_at)}"'
@@ -60,7 +67,20 @@ async def get_tile(
     headers = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}"}
     if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")} | {"*"}:
         return Response(status_code=304, headers=headers)
+    if plan.rows is not None:
+        source = b"".join([chunk async for chunk in images.store.iter_bytes(record)])
+        body = await resources.cpu.run(warp_rows, source, plan.rows)
+        return Response(body, media_type="image/png", headers=headers)
     headers["Content-Length"] = str(record.bytes)
     return StreamingResponse(
         images.store.iter_bytes(record), media_type=record.content_type, headers=headers
     )
+
+
+async def _offered(images: ImageService, provider: str, layer: str) -> list[str] | None:
+    """The CRSs the layer's capabilities list (cached), or None when they cannot be read."""
+    try:
+        layers = await images.client.layers(provider)
+    except SatapiError:
+        return None
+    return next((info.crs for info in layers if info.name == layer), None)
