@@ -364,6 +364,24 @@ async def test_the_api_on_the_s3_store(
     assert all(k.startswith("satapi/") for k in keys)
 
 
+async def test_cache_ttl_applies_to_images_without_time(
+    s3_settings: Callable[..., Settings], wms: respx.Router
+) -> None:
+    wms.get(WMS_URL).respond(200, content=png_bytes(64, 32), headers={"Content-Type": "image/png"})
+    async for client in app_client(s3_settings(cache_ttl_s=1.0)):
+        first = await client.post("/api/images", json=BODY)
+        again = await client.post("/api/images", json=BODY)
+        assert again.json()["image"]["cached"] is True
+        await asyncio.sleep(1.1)
+        expired = await client.post("/api/images", json=BODY)
+        assert expired.status_code == 200 and expired.json()["image"]["cached"] is False
+        assert wms.calls.call_count == 2  # fetched again, and the new record replaced the old
+        image_id = first.json()["image"]["id"]
+        meta = (await client.get(f"/api/images/{image_id}/meta")).json()
+        assert meta["expires_at"] > time.time()
+        assert (await client.get(f"/api/images/{image_id}")).status_code == 200
+
+
 async def test_the_api_when_the_store_is_unreachable(
     s3_settings: Callable[..., Settings], wms: respx.Router, tmp_path: Path
 ) -> None:

@@ -52,7 +52,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
         413: "The request body is too large.",
         422: "The request is invalid; `error` says which field and why.",
         502: "The WMS server or the AI provider failed.",
-        503: "Overloaded; retry after the `Retry-After` header's seconds.",
+        503: (
+            "Overloaded, or a shared backend (the object store) is unavailable; retry after "
+            "the `Retry-After` header's seconds."
+        ),
         504: "The WMS server did not answer in time.",
     }.items()
 }
