@@ -91,7 +91,7 @@ async def test_write_then_read_streams_in_bounded_chunks_under_the_prefix(
     s3: tuple[S3ImageStore, S3AnalysisStore, str], moto_s3: MotoServer, tmp_path: Path
 ) -> None:
     images, _, bucket = s3
-    data = os.urandom(4 * 1024 * 1024 + 123)
+    data = os.urandom(6 * 1024 * 1024 + 123)  # over 5 MiB: a multipart upload
     writer = await images.open_writer(an_id(1))
     for i in range(0, len(data), 100_000):
         await writer.write(data[i : i + 100_000])

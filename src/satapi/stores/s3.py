@@ -7,9 +7,10 @@ Layout under `s3://bucket/prefix/`:
     analyses/<id>.json        a stored analysis answer
     .satapi-ready             the readiness probe's object
 
-Every write is one whole PUT, which S3 makes visible all at once or not at all, so no partial
-object is ever visible. An image's bytes go first, to a key no other writer uses; its record
-follows with a create-if-absent PUT (`If-None-Match: *`). The record is what makes an image
+Every write is one whole PUT (or, for an image over 5 MiB, a multipart upload), which S3 makes
+visible all at once or not at all, so no partial object is ever visible. An image's bytes go
+first, to a key no other writer uses; its record follows with a create-if-absent PUT
+(`If-None-Match: *`). The record is what makes an image
 exist, so two replicas downloading one id race only on the record: one wins, the other drops
 its own blob and serves the winner's, and every reader sees the same bytes. A record whose TTL
 has passed is deleted and created again; blobs are never changed, so a reader holding an old
@@ -213,6 +214,17 @@ class S3Objects:
             return False
         return True
 
+    async def put_file(self, key: str, path: Path) -> None:
+        """Upload a file to a key nobody else writes, in bounded memory.
+
+        Files over 5 MiB go up as a multipart upload (two parts at a time), which S3 makes
+        visible only when it completes; smaller ones in one PUT. The file is read by obstore's
+        own threads, not on the event loop.
+        """
+        await self._run(
+            "put", obstore.put_async(self.client, key, path, mode="overwrite", max_concurrency=2)
+        )
+
     async def delete(self, key: str) -> None:
         """Remove an object (absent already is fine)."""
         with contextlib.suppress(FileNotFoundError):
@@ -282,10 +294,7 @@ class _S3Writer:
     async def commit(self, record: ImageRecord) -> ImageRecord:
         try:
             await self.finish()
-            # One whole PUT (images are at most max_image_bytes): S3 shows all or nothing.
-            async with aiofiles.open(self.temp_path, "rb") as f:
-                data: bytes = await f.read()
-            return await self._store._publish(record, data)
+            return await self._store._publish(record, self.temp_path)
         finally:
             await self.abort()  # the temp file goes, whether the image was stored or not
 
@@ -409,11 +418,15 @@ class S3ImageStore:
     async def put_bytes(self, record: ImageRecord, data: bytes) -> None:
         await self._publish(record, data)
 
-    async def _publish(self, record: ImageRecord, data: bytes) -> S3ImageRecord:
-        """Store the bytes, then create the record; the record another writer made first wins."""
+    async def _publish(self, record: ImageRecord, data: bytes | Path) -> S3ImageRecord:
+        """Store the bytes (or the file's), then create the record; the first record wins."""
         ext = EXTENSIONS.get(record.content_type, "bin")
         blob = f"blobs/{record.id}/{uuid.uuid4().hex}.{ext}"
-        await self.objects.put(blob, data, create=False)  # a key of its own: nobody races it
+        # A key of its own: nobody races it, so it needs no condition.
+        if isinstance(data, Path):
+            await self.objects.put_file(blob, data)
+        else:
+            await self.objects.put(blob, data, create=False)
         fields = {k: v for k, v in asdict(record).items() if k != "blob"}
         mine = S3ImageRecord(**fields, blob=blob)
         key = self.record_key(record.id)
