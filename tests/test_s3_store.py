@@ -7,7 +7,9 @@
   `backend_unavailable` (Retry-After) on requests and a clear `store_error` on /readyz; the
   failed operations are reported by operation; no 500, no partial object, no temp file left.
 * The app: an image fetched, streamed (ETag/304), described and analysed through the S3 store.
-* Two `satapi serve` processes sharing one bucket: what one fetched the other serves.
+* Two `satapi serve` processes sharing one bucket: what one fetched the other serves (bytes,
+  meta, cache hit, analysis by id); both downloading one new id at once store one blob, and
+  every answer names its bytes.
 """
 
 from __future__ import annotations
@@ -485,6 +487,25 @@ async def test_an_image_fetched_through_one_replica_is_served_by_the_other(
             )
             assert repeat.json()["analysis"]["cached"] is True
             assert (await cb.get("/readyz")).status_code == 200
+
+            # Both replicas download one new id at once (no Redis: one download each, at
+            # most): one record wins, and every answer and both replicas serve its bytes.
+            slow = {**BODY, "bbox": [11, 45, 14, 47], "layer": "ok:0.5"}
+            before = upstream.requests()
+            answers = await asyncio.gather(
+                *(client.post("/api/images", json=slow) for client in [ca, cb] * 5)
+            )
+            assert {r.status_code for r in answers} == {200}
+            assert len({r.json()["image"]["id"] for r in answers}) == 1
+            assert len({r.json()["image"]["bytes"] for r in answers}) == 1
+            raced = answers[0].json()["image"]["id"]
+            assert 1 <= upstream.requests() - before <= 2
+            got_a = await ca.get(f"/api/images/{raced}")
+            got_b = await cb.get(f"/api/images/{raced}")
+            assert got_a.content == got_b.content
+            assert len(got_a.content) == answers[0].json()["image"]["bytes"]
+            blobs = [k for k in moto_s3.keys(bucket) if f"/blobs/{raced}/" in k]
+            assert len(blobs) == 1, blobs
     finally:
         a.stop()
         b.stop()
