@@ -23,6 +23,7 @@ from satapi.config import Settings  # noqa: E402
 pytest_plugins = [
     "tests.support.mapserver_plugin",
     "tests.support.fake_anthropic_plugin",
+    "tests.support.s3server",
 ]
 
 WMS_URL = "http://wms.test/wms"

@@ -98,3 +98,19 @@ def test_hitcost_measures_both_requests() -> None:
     assert done.returncode == 0, done.stderr
     line = done.stdout.strip()
     assert line.startswith("CPU per request") and "/healthz" in line and "cache hit" in line, line
+
+
+def test_s3clients_measures_both_clients() -> None:
+    # The measurement behind the choice of obstore (README "Running replicas"), against moto.
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.s3clients", "--n", "10", "--rounds", "1"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[2:]]
+    assert {row[0] for row in rows} == {"obstore", "aiobotocore"}
+    assert all(float(value) > 0 for row in rows for value in row[2:]), done.stdout

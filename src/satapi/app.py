@@ -22,7 +22,7 @@ from satapi.cpu import CpuRunner
 from satapi.imagery import ImageService
 from satapi.limits import make_limiter
 from satapi.models import ErrorResponse
-from satapi.observability.events import NullObserver, Observer, Observers
+from satapi.observability.events import NullObserver, Observer, Observers, StoreCallFailed
 from satapi.observability.logs import LogObserver, setup_logging
 from satapi.observability.metrics import Metrics
 from satapi.providers.transport import ShardedTransport
@@ -62,7 +62,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
         413: "The request body is too large.",
         422: "The request is invalid; `error` says which field and why.",
         502: "The WMS server or the AI provider failed.",
-        503: "Overloaded; retry after the `Retry-After` header's seconds.",
+        503: (
+            "Overloaded, or a shared backend (the object store) is unavailable; retry after "
+            "the `Retry-After` header's seconds."
+        ),
         504: "The WMS server did not answer in time.",
     }.items()
 }
@@ -94,7 +97,12 @@ async def open_resources(
     """
     observer = observer if observer is not None else NullObserver()
     cpu = CpuRunner(settings.cpu_threads)
-    store, analyses = open_stores(settings)
+    store, analyses = open_stores(
+        settings,
+        on_error=lambda operation, kind: observer.observe(
+            StoreCallFailed(operation=operation, kind=kind)
+        ),
+    )
     await store.start()
     limiter = make_limiter(settings)
     policy = UrlPolicy(settings.providers, settings.allowed_hosts)
@@ -165,10 +173,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.resources = resources
             metrics.watch(resources.limiter, resources.store, resources.images)
             log.info(
-                "satapi %s ready: default provider %s, data in %s",
+                "satapi %s ready: default provider %s, store %s",
                 __version__,
                 settings.default_provider,
-                settings.data_dir,
+                settings.store_url or settings.data_dir,
             )
             try:
                 yield

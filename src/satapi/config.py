@@ -167,6 +167,79 @@ class Settings(BaseSettings):
     max_timeseries_dates: int = Field(default=24, ge=1, le=1000)
     cpu_threads: int = Field(default=4, ge=1, le=64)
 
+    # --- shared object store (issue 11): where images, records and analyses live -----------------
+    # Unset: the file store under data_dir. The AWS_* variables are read under their standard
+    # names, as AWS tools read them (an SATAPI_-prefixed name or the TOML key works too).
+    store_url: str | None = Field(
+        default=None,
+        description="file:///path (the file store) or s3://bucket/prefix (any S3-compatible).",
+    )
+    aws_access_key_id: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "aws_access_key_id", "SATAPI_AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"
+        ),
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "aws_secret_access_key", "SATAPI_AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"
+        ),
+    )
+    aws_session_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "aws_session_token", "SATAPI_AWS_SESSION_TOKEN", "AWS_SESSION_TOKEN"
+        ),
+    )
+    aws_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "aws_endpoint_url",
+            "SATAPI_AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_ENDPOINT_URL",
+        ),
+        description="An S3-compatible endpoint (minio, moto, R2 ...); unset: AWS itself.",
+    )
+    aws_region: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "aws_region", "SATAPI_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"
+        ),
+    )
+    aws_allow_http: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("aws_allow_http", "SATAPI_AWS_ALLOW_HTTP", "AWS_ALLOW_HTTP"),
+        description="true lets store_url's endpoint be plain http:// (a local test server).",
+    )
+    store_timeout_s: float = Field(
+        default=30.0, gt=0, description="One object-store request's deadline."
+    )
+
+    @field_validator("store_url")
+    @classmethod
+    def _check_store_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value)
+        if parts.scheme == "file":
+            if parts.netloc not in ("", "localhost") or not parts.path:
+                raise ValueError("a file store URL is file:///absolute/path")
+        elif parts.scheme == "s3":
+            if not parts.netloc or parts.query or parts.fragment:
+                raise ValueError("an S3 store URL is s3://bucket or s3://bucket/prefix")
+        else:
+            raise ValueError("must start with file:// or s3://")
+        return value
+
+    @field_validator("aws_endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http(s) URL")
+        return value
+
     @field_validator("allowed_hosts", "cors_origins", "api_keys", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
@@ -236,6 +309,9 @@ class Settings(BaseSettings):
             values.append(self.anthropic_api_key.get_secret_value())
         for provider in self.providers.values():
             values.extend(v.get_secret_value() for v in provider.secret_params.values())
+        for secret in (self.aws_secret_access_key, self.aws_session_token):
+            if secret is not None:
+                values.append(secret.get_secret_value())
         return [v for v in values if v]
 
 

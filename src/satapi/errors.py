@@ -96,6 +96,32 @@ class Overloaded(SatapiError):
     code = "overloaded"
 
 
+# --- shared backends (issue 11: the object store; Redis coordination uses the same class) -----
+
+
+class BackendUnavailable(SatapiError):
+    """A shared backend (the object store, Redis) refused or did not answer; try again later.
+
+    `backend` names which one ("store", "redis"); it is also sent in the envelope.
+    """
+
+    code = "backend_unavailable"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        backend: str | None = None,
+        retry_after: float | None = 5.0,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        extra = dict(extra or {})
+        # Kept in `extra` too, so copies made with (message, retry_after, extra) keep it.
+        self.backend: str = backend or str(extra.get("backend") or "backend")
+        extra["backend"] = self.backend
+        super().__init__(message, retry_after=retry_after, extra=extra)
+
+
 # --- upstream (WMS) errors ---------------------------------------------------------------------
 
 
@@ -166,6 +192,7 @@ STATUS_BY_ERROR: dict[type[SatapiError], int] = {
     Unauthorized: 401,
     PayloadTooLarge: 413,
     Overloaded: 503,
+    BackendUnavailable: 503,
     UpstreamError: 502,
     UpstreamTimeout: 504,
     AIError: 502,

@@ -293,7 +293,7 @@ class ImageService:
                 source_url=target.url(redacted=True),
                 attribution=target.attribution,
             )
-            await writer.commit(record)
+            record = await writer.commit(record)  # a shared store may hold another's
         finally:
             await writer.abort()
         stage("downloaded")

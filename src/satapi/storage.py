@@ -7,15 +7,18 @@ content-addressed: an image's id is the sha256 of its canonical request.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import time as _now
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote, urlsplit
 
 from satapi.errors import InvalidRequest
 
 if TYPE_CHECKING:
+    from pydantic import SecretStr
+
     from satapi.config import Settings
 
 ID_PATTERN = r"^[0-9a-f]{64}$"
@@ -78,8 +81,12 @@ class ImageWriter(Protocol):
         """Flush and close the temporary file so it can be read (verified) before commit."""
         ...
 
-    async def commit(self, record: ImageRecord) -> None:
-        """Make the image and its record visible, atomically."""
+    async def commit(self, record: ImageRecord) -> ImageRecord:
+        """Make the image and its record visible, atomically; returns the stored record.
+
+        A shared store may already hold this id from another writer: then that record wins
+        and is returned, so every reader sees the same bytes.
+        """
         ...
 
     async def abort(self) -> None:
@@ -126,6 +133,10 @@ class ImageStore(Protocol):
         """True when a file can be written now."""
         ...
 
+    async def problem(self) -> str | None:
+        """None when the store can be written now, else a sentence saying why not (/readyz)."""
+        ...
+
     def stats(self) -> dict[str, int]:
         """`bytes`, `files` and `evictions`."""
         ...
@@ -147,11 +158,38 @@ class AnalysisStore(Protocol):
         ...
 
 
-def open_stores(settings: Settings) -> tuple[ImageStore, AnalysisStore]:
-    """The image and analysis stores the settings ask for (not started yet)."""
-    from satapi.stores.local import LocalAnalysisStore, LocalImageStore
+def open_stores(
+    settings: Settings, *, on_error: Callable[[str, str], None] | None = None
+) -> tuple[ImageStore, AnalysisStore]:
+    """The image and analysis stores `settings.store_url` names (not started yet).
 
-    return (
-        LocalImageStore(settings.data_dir, max_bytes=settings.store_max_bytes),
-        LocalAnalysisStore(settings.data_dir),
+    Unset or `file:///path`: files (in data_dir, or the path). `s3://bucket/prefix`: any
+    S3-compatible store, reached with the standard AWS settings. `on_error(operation, kind)`
+    hears of each failed call to a shared store (for metrics).
+    """
+    url = settings.store_url
+    if url is None or url.startswith("file:"):
+        from satapi.stores.local import LocalAnalysisStore, LocalImageStore
+
+        root = settings.data_dir if url is None else Path(unquote(urlsplit(url).path))
+        return (
+            LocalImageStore(root, max_bytes=settings.store_max_bytes),
+            LocalAnalysisStore(root),
+        )
+    # Imported here: the object-store client is loaded only by processes that use it.
+    from satapi.stores.s3 import S3Options, open_s3_stores
+
+    def secret(value: SecretStr | None) -> str | None:
+        return None if value is None else value.get_secret_value()
+
+    options = S3Options(
+        endpoint_url=settings.aws_endpoint_url,
+        region=settings.aws_region,
+        access_key_id=secret(settings.aws_access_key_id),
+        secret_access_key=secret(settings.aws_secret_access_key),
+        session_token=secret(settings.aws_session_token),
+        allow_http=settings.aws_allow_http,
+        timeout_s=settings.store_timeout_s,
     )
+    # Downloads are verified in a local temp file before they go to the bucket.
+    return open_s3_stores(url, options, temp_dir=settings.data_dir / "tmp", on_error=on_error)

@@ -85,6 +85,18 @@ class AnalysisFinished(Event):
     output_tokens: int = 0
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StoreCallFailed(Event):
+    """A call to the shared object store failed (issue 11).
+
+    `operation` is `get`, `put` or `delete`; `kind` is `refused` (credentials), `no_bucket`,
+    `timeout` or `unavailable` (unreachable, or a server error).
+    """
+
+    operation: str
+    kind: str
+
+
 def download_outcome(exc: BaseException) -> str:
     """The download outcome label for an exception raised while downloading."""
     if isinstance(exc, WMSServiceException):

@@ -25,6 +25,7 @@ from satapi.observability.events import (
     Event,
     RequestFinished,
     Shed,
+    StoreCallFailed,
 )
 
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -94,8 +95,8 @@ class _StateCollector(Collector):
                     value=sources.images.downloads_in_progress,
                 )
             )
-        if sources.store is not None:
-            store = sources.store.stats()
+        # A shared (S3) store reports no size: the bucket's size is the object store's to tell.
+        if sources.store is not None and (store := sources.store.stats()):
             out.append(
                 GaugeMetricFamily(
                     "satapi_store_size_bytes",
@@ -182,6 +183,12 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.store_errors = Counter(
+            "satapi_store_errors",
+            "Calls to the shared object store (S3) that failed, by operation and kind.",
+            ["operation", "kind"],
+            registry=r,
+        )
         self.analyses = Counter(
             "satapi_analyses",
             "Analyses by analyzer, model and outcome.",
@@ -258,6 +265,8 @@ class Metrics:
                     self.download_bytes.labels(provider).inc(event.nbytes)
             case Shed(provider=provider):
                 self.shed_requests.labels(provider).inc()
+            case StoreCallFailed(operation=operation, kind=kind):
+                self.store_errors.labels(operation, kind).inc()
             case AnalysisFinished(analyzer=analyzer):
                 model_label = event.model or ""
                 self.analyses.labels(analyzer, model_label, event.outcome).inc()

@@ -24,12 +24,19 @@ async def healthz() -> HealthResponse:
     responses={503: {"model": HealthResponse, "description": "Not ready."}},
 )
 async def readyz(resources: ResourcesDep) -> HealthResponse | JSONResponse:
-    """Ready when the image store is writable and the WMS HTTP client is open."""
-    checks = {
-        "store_writable": await resources.store.writable(),
+    """Ready when the image store is writable and the WMS HTTP client is open.
+
+    When the store is not ready, `checks.store_error` says why (e.g. the bucket does not exist,
+    or the object store refused the credentials).
+    """
+    problem = await resources.store.problem()
+    checks: dict[str, object] = {
+        "store_writable": problem is None,
         "http_client_open": not resources.http.is_closed,
     }
-    if all(checks.values()):
+    if problem is not None:
+        checks["store_error"] = problem
+    if problem is None and checks["http_client_open"]:
         return HealthResponse(status="ok", checks=checks)
     body = HealthResponse(status="unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=503)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path
@@ -85,9 +86,28 @@ async def get_image(
     if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")} | {"*"}:
         return Response(status_code=304, headers=headers)
     headers["Content-Length"] = str(record.bytes)
+    # Read the first chunk before answering, so a vanished image or a store that fails
+    # becomes an error envelope rather than a response cut off after its headers.
+    chunks = store.iter_bytes(record)
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = b""
     return StreamingResponse(
-        store.iter_bytes(record), media_type=record.content_type, headers=headers
+        _prepend(first, chunks), media_type=record.content_type, headers=headers
     )
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        # A client that leaves mid-stream: close the store's reader now, not at collection.
+        close = getattr(rest, "aclose", None)
+        if close is not None:
+            await close()
 
 
 @router.get(

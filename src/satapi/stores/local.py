@@ -108,7 +108,7 @@ class _LocalWriter:
             await self._flush()
             await self._file.close()  # flushes Python's buffer too
 
-    async def commit(self, record: ImageRecord) -> None:
+    async def commit(self, record: ImageRecord) -> ImageRecord:
         await self.finish()
         final_path = self._store.image_path(self.image_id, record.content_type)
         meta_path = self._store.meta_path(self.image_id)
@@ -117,6 +117,7 @@ class _LocalWriter:
         self._store._writers.discard(self)
         self._store._remember(record)
         self._store._note(record, monotonic())
+        return record
 
     async def abort(self) -> None:
         if self._done:
@@ -339,6 +340,11 @@ class LocalImageStore:
         except OSError:
             return False
         return True
+
+    async def problem(self) -> str | None:
+        if await self.writable():
+            return None
+        return f"The data directory {self.root.parent} is not writable."
 
     # -- accounting and eviction ------------------------------------------------------------------
 
