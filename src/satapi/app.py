@@ -25,6 +25,7 @@ from satapi.models import ErrorResponse
 from satapi.observability.events import NullObserver, Observer, Observers, StoreCallFailed
 from satapi.observability.logs import LogObserver, setup_logging
 from satapi.observability.metrics import Metrics
+from satapi.providers.netguard import GuardedNetworkBackend, Resolver, system_resolver
 from satapi.providers.transport import ShardedTransport
 from satapi.routers import (
     analyses,
@@ -71,8 +72,14 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-def make_http_client(settings: Settings) -> httpx2.AsyncClient:
-    """The one HTTP client for WMS servers: pools sized to the cap, explicit timeouts."""
+def make_http_client(settings: Settings, *, resolver: Resolver | None = None) -> httpx2.AsyncClient:
+    """The one HTTP client for WMS servers: pools sized to the cap, explicit timeouts.
+
+    Connections to hosts other than the configured providers go only to public addresses,
+    checked when connecting (`GuardedNetworkBackend`; `resolver` replaces the system's).
+    """
+    trusted = [(p.origin[1], p.origin[2]) for p in settings.providers.values()]
+    guard = GuardedNetworkBackend(trusted, resolver=resolver or system_resolver)
     return httpx2.AsyncClient(
         timeout=httpx2.Timeout(
             connect=settings.wms_connect_timeout_s,
@@ -80,7 +87,9 @@ def make_http_client(settings: Settings) -> httpx2.AsyncClient:
             write=settings.wms_read_timeout_s,
             pool=settings.wms_total_timeout_s,
         ),
-        transport=ShardedTransport(max_connections=settings.max_concurrent_wms),
+        transport=ShardedTransport(
+            max_connections=settings.max_concurrent_wms, network_backend=guard
+        ),
         follow_redirects=False,
         headers={"User-Agent": f"satapi/{__version__}"},
         trust_env=False,

@@ -178,7 +178,15 @@ class FaultUpstream:
     Counters are read with the methods below (thread-safe) and cleared with `reset()`.
     """
 
-    def __init__(self, *, huge_bytes: int = 256 * 1024, drip_interval_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        *,
+        huge_bytes: int = 256 * 1024,
+        drip_interval_s: float = 0.25,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.host = host
         self.huge_bytes = huge_bytes
         self.drip_interval_s = drip_interval_s
         self.trap_url = METADATA_URL
@@ -189,16 +197,18 @@ class FaultUpstream:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping: asyncio.Event | None = None
+        self._bind_port = port
         self.port = 0
 
     # -- control -------------------------------------------------------------------------------
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:<port>``."""
+        """``http://<host>:<port>`` (127.0.0.1 unless another host was given)."""
         if not self.port:
             raise RuntimeError("FaultUpstream is not running")
-        return f"http://127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def wms_url(self) -> str:
@@ -210,7 +220,7 @@ class FaultUpstream:
         return f"{self.url}/wms/{mode}"
 
     def start(self) -> Self:
-        """Start serving on a free port of 127.0.0.1; returns once it accepts connections."""
+        """Start serving on `host` (port `port`, or a free one); returns once it accepts."""
         if self._thread is not None:
             return self
         loop = asyncio.new_event_loop()
@@ -315,7 +325,7 @@ class FaultUpstream:
 
     async def _open(self) -> None:
         self._stopping = asyncio.Event()
-        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._connection, self.host, self._bind_port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _close(self) -> None:
