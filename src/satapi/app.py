@@ -49,6 +49,8 @@ from satapi.web.middleware import (
     DeadlineMiddleware,
     RequestIdMiddleware,
 )
+from satapi.web.shutdown import ShutdownMiddleware, ShutdownState, process_shutdown
+from satapi.web.shutdown import watch_signals as _watch_signals
 from satapi.web.viewer import install_viewer
 from satapi.wms_client import make_image_client
 
@@ -170,14 +172,28 @@ async def open_resources(
         await store.close()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the application from `settings` (read from the environment when None)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    shutdown: ShutdownState | None = None,
+    watch_signals: bool = False,
+) -> FastAPI:
+    """Build the application from `settings` (read from the environment when None).
+
+    `shutdown` is what says the server is shutting down (the process's own state when None).
+    With `watch_signals` (the server's factory) SIGTERM/SIGINT set it at once, see
+    `satapi.web.shutdown`.
+    """
     settings = settings or load_settings()
+    shutdown = shutdown if shutdown is not None else process_shutdown
     metrics = Metrics(multiprocess_dir=settings.prometheus_multiproc_dir)
     observer = Observers([metrics, LogObserver()])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        undo_signals = (
+            _watch_signals(shutdown, delay_s=settings.shutdown_delay_s) if watch_signals else None
+        )
         async with open_resources(settings, observer=observer) as resources:
             app.state.resources = resources
             metrics.watch(resources.limiter, resources.store, resources.images)
@@ -190,6 +206,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 yield
             finally:
+                if undo_signals is not None:
+                    undo_signals()
                 metrics.unwatch()
                 # Let background work see the shutdown before the client closes.
                 await asyncio.sleep(0)
@@ -204,6 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.shutdown = shutdown
     add_exception_handlers(app)
     _document_errors_and_keys(app)
     install_docs(app)
@@ -224,6 +243,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout_s)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ShutdownMiddleware, state=shutdown)
     app.add_middleware(AccessLogMiddleware, observer=observer)
     app.add_middleware(RequestIdMiddleware)
     return app
@@ -279,4 +299,4 @@ def app_from_env() -> FastAPI:
     """The uvicorn factory used by `satapi serve`: settings from the environment, logging set up."""
     settings = load_settings()
     setup_logging(settings.log_format, settings.log_level, settings.secrets)
-    return create_app(settings)
+    return create_app(settings, watch_signals=True)
