@@ -70,6 +70,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
             "the `Retry-After` header's seconds."
         ),
         504: "The WMS server did not answer in time.",
+        507: "The data directory is full; retry after the `Retry-After` header's seconds.",
     }.items()
 }
 
