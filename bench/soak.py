@@ -415,6 +415,12 @@ def _markdown(result: dict[str, Any], profile: SoakProfile, command: str) -> str
         "| check | value | goal | |",
         "|---|---|---|---|",
     ]
+    if profile.name != "full" or profile.max_seconds < FULL.max_seconds:
+        lines[6:6] = [
+            "**A short run**: it shows the harness and the checks work; memory stability over "
+            "20 minutes is shown only by the full run.",
+            "",
+        ]
     for c in result["checks"]:
         lines.append(
             f"| {c['name']} | {c['value']} | {c['goal']} | {'PASS' if c['passed'] else 'FAIL'} |"
