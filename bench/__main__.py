@@ -7,6 +7,8 @@ Usage::
     python -m bench --only 1,4       # some scenarios (written to bench/out/, not RESULTS.md)
     python -m bench --only 2 --py-spy  # plus py-spy profiles of satapi in bench/out/
     python -m bench --report-from bench/out/results.json  # re-render RESULTS.md only
+    python -m bench --soak           # soak: 20 min or 100,000 requests -> bench/soak/RESULTS.md
+    python -m bench --soak --smoke   # the same for 60 s or 3,000 requests -> bench/out/soak/
 
 Scenarios (``bench/scenarios.py``): 0 HTTP client micro-benchmark (httpx 0.28, httpx2,
 aiohttp); 1 ``POST /api/images`` at C = 10..1000; 2 local vision analysis; 3 comparison
@@ -142,8 +144,21 @@ def main(argv: list[str] | None = None) -> int:
         default=SYSTEMS,
         help=f"comma-separated subset of {','.join(SYSTEMS)}",
     )
+    parser.add_argument(
+        "--soak",
+        action="store_true",
+        help="run the soak instead (bench/soak.py): 20 min or 100,000 requests; with --smoke "
+        "60 s or 3,000",
+    )
+    parser.add_argument(
+        "--soak-seconds", type=float, default=None, help="the soak's time budget instead"
+    )
     args = parser.parse_args(argv)
 
+    if args.soak:
+        from bench import soak
+
+        return soak.run(smoke=args.smoke, out_dir=args.out, seconds=args.soak_seconds)
     if args.report_from is not None:
         return rerender(args.report_from)
     profile = SMOKE if args.smoke else FULL

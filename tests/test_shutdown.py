@@ -5,11 +5,16 @@
 * A request stuck on a WMS that never answers (`hang`, or `stall`: half a body, then silence)
   is cut off when a short `--graceful-timeout` runs out: the process still exits 0 within
   grace + a few seconds, the WMS connection is closed, and no temp file survives.
+* Cut off, it is answered with the envelope (503 `shutting_down`, `Retry-After`), not
+  uvicorn's plain-text 500; a cut-off event stream ends with an `error` event.
+* `/readyz` answers 503 from the moment SIGTERM arrives (with `shutdown_delay_s` the server
+  keeps serving everything else meanwhile).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,5 +101,121 @@ async def test_sigterm_with_a_stuck_download_exits_within_the_grace_period(
         assert exited < grace + EXIT_SLACK_S
         assert server.temp_files() == []
         assert await upstream.wait_for_async(lambda: upstream.closed_by_client(mode) == 1)
+    finally:
+        server.stop()
+
+
+# --- answers during shutdown (issue 16) ------------------------------------------------------
+
+
+def assert_no_asgi_traceback(server: SatapiProcess) -> None:
+    log = server.log()
+    assert "Exception in ASGI application" not in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+
+
+async def test_a_request_cut_off_by_the_shutdown_gets_the_envelope(
+    upstream: FaultUpstream, tmp_path: Path
+) -> None:
+    grace = 1.0
+    upstream.reset()
+    server = start_server(tmp_path, upstream, grace)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            request = asyncio.create_task(
+                client.post("/api/images", json=body("hang"), headers={"X-Request-ID": "cut-1"})
+            )
+            assert await upstream.wait_for_async(lambda: upstream.in_flight("hang") == 1)
+            server.terminate()
+            r = await request
+        assert r.status_code == 503, r.text
+        assert r.headers["content-type"] == "application/json"
+        assert int(r.headers["retry-after"]) >= 1
+        assert r.headers["x-request-id"] == "cut-1"
+        assert r.json() == {
+            "success": False,
+            "error": r.json()["error"],
+            "code": "shutting_down",
+            "request_id": "cut-1",
+        }
+        assert "shutting down" in r.json()["error"]
+        assert await asyncio.to_thread(server.wait, grace + EXIT_SLACK_S) == 0
+        assert server.temp_files() == []
+        assert_no_asgi_traceback(server)
+    finally:
+        server.stop()
+
+
+async def test_a_stream_cut_off_by_the_shutdown_ends_with_an_error_event(
+    upstream: FaultUpstream, tmp_path: Path
+) -> None:
+    grace = 1.0
+    upstream.reset()
+    server = start_server(tmp_path, upstream, grace)
+    events: list[tuple[str, dict[str, object]]] = []
+
+    async def read_stream(client: httpx.AsyncClient) -> None:
+        async with client.stream(
+            "POST",
+            "/api/vision/analyze_satellite_stream",
+            json={**body("hang"), "analyzer": "local"},
+        ) as r:
+            assert r.status_code == 200
+            name = ""
+            async for line in r.aiter_lines():
+                if line.startswith("event:"):
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("data:"):
+                    events.append((name, json.loads(line.split(":", 1)[1])))
+
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            reading = asyncio.create_task(read_stream(client))
+            assert await upstream.wait_for_async(lambda: upstream.in_flight("hang") == 1)
+            server.terminate()
+            await reading
+            # The stream ended (not broken off): the last event says why.
+        assert events, "no events"
+        assert events[-1][0] == "error", events
+        data = events[-1][1]
+        assert data["code"] == "shutting_down"
+        assert isinstance(data["retry_after"], int) and data["retry_after"] >= 1
+        assert await asyncio.to_thread(server.wait, grace + EXIT_SLACK_S) == 0
+        assert server.temp_files() == []
+        assert_no_asgi_traceback(server)
+    finally:
+        server.stop()
+
+
+async def test_readyz_is_503_from_the_moment_sigterm_arrives(
+    upstream: FaultUpstream, tmp_path: Path
+) -> None:
+    upstream.reset()
+    server = SatapiProcess(
+        tmp_path,
+        {
+            "default_provider": "fault",
+            "providers": {"fault": {"url": upstream.wms_url, "default_layer": "ok"}},
+            "shutdown_delay_s": 1.5,
+        },
+        graceful_timeout=5.0,
+    ).start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            assert (await client.get("/readyz")).status_code == 200
+            signalled = time.monotonic()
+            server.terminate()
+            await asyncio.sleep(0.05)
+            ready = await client.get("/readyz")
+            assert time.monotonic() - signalled < 1.0
+            assert ready.status_code == 503, ready.text
+            assert ready.json()["checks"] == {"not_shutting_down": False}
+            # Meanwhile everything else is still served, on new connections too.
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as fresh:
+                assert (await fresh.get("/healthz")).status_code == 200
+                r = await fresh.post("/api/images", json=body("ok"))
+                assert r.status_code == 200, r.text
+        assert await asyncio.to_thread(server.wait, 1.5 + EXIT_SLACK_S) == 0
+        assert_no_asgi_traceback(server)
     finally:
         server.stop()

@@ -77,12 +77,13 @@ async def test_lru_eviction_keeps_the_store_under_its_limit(tmp_path: Path) -> N
 async def test_start_indexes_what_is_there(tmp_path: Path) -> None:
     first = LocalImageStore(tmp_path, max_bytes=10**6)
     await first.start()
-    await first.put_bytes(record(1, 5), b"12345")
+    png_head = b"\x89PNG\r\n\x1a\n" + b"rest"  # start-up checks each image's type and size
+    await first.put_bytes(record(1, 12), png_head)
     await first.close()
     second = LocalImageStore(tmp_path, max_bytes=10**6)
     await second.start()
     try:
-        assert second.stats()["files"] == 1 and second.stats()["bytes"] == 5
+        assert second.stats()["files"] == 1 and second.stats()["bytes"] == 12
     finally:
         await second.close()
 

@@ -25,6 +25,7 @@ from satapi.models import ErrorResponse
 from satapi.observability.events import NullObserver, Observer, Observers, StoreCallFailed
 from satapi.observability.logs import LogObserver, setup_logging
 from satapi.observability.metrics import Metrics
+from satapi.providers.netguard import GuardedNetworkBackend, Resolver, system_resolver
 from satapi.providers.transport import ShardedTransport
 from satapi.routers import (
     analyses,
@@ -48,6 +49,8 @@ from satapi.web.middleware import (
     DeadlineMiddleware,
     RequestIdMiddleware,
 )
+from satapi.web.shutdown import ShutdownMiddleware, ShutdownState, process_shutdown
+from satapi.web.shutdown import watch_signals as _watch_signals
 from satapi.web.viewer import install_viewer
 from satapi.wms_client import make_image_client
 
@@ -67,12 +70,19 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
             "the `Retry-After` header's seconds."
         ),
         504: "The WMS server did not answer in time.",
+        507: "The data directory is full; retry after the `Retry-After` header's seconds.",
     }.items()
 }
 
 
-def make_http_client(settings: Settings) -> httpx2.AsyncClient:
-    """The one HTTP client for WMS servers: pools sized to the cap, explicit timeouts."""
+def make_http_client(settings: Settings, *, resolver: Resolver | None = None) -> httpx2.AsyncClient:
+    """The one HTTP client for WMS servers: pools sized to the cap, explicit timeouts.
+
+    Connections to hosts other than the configured providers go only to public addresses,
+    checked when connecting (`GuardedNetworkBackend`; `resolver` replaces the system's).
+    """
+    trusted = [(p.origin[1], p.origin[2]) for p in settings.providers.values()]
+    guard = GuardedNetworkBackend(trusted, resolver=resolver or system_resolver)
     return httpx2.AsyncClient(
         timeout=httpx2.Timeout(
             connect=settings.wms_connect_timeout_s,
@@ -80,7 +90,9 @@ def make_http_client(settings: Settings) -> httpx2.AsyncClient:
             write=settings.wms_read_timeout_s,
             pool=settings.wms_total_timeout_s,
         ),
-        transport=ShardedTransport(max_connections=settings.max_concurrent_wms),
+        transport=ShardedTransport(
+            max_connections=settings.max_concurrent_wms, network_backend=guard
+        ),
         follow_redirects=False,
         headers={"User-Agent": f"satapi/{__version__}"},
         trust_env=False,
@@ -161,14 +173,28 @@ async def open_resources(
         await store.close()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the application from `settings` (read from the environment when None)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    shutdown: ShutdownState | None = None,
+    watch_signals: bool = False,
+) -> FastAPI:
+    """Build the application from `settings` (read from the environment when None).
+
+    `shutdown` is what says the server is shutting down (the process's own state when None).
+    With `watch_signals` (the server's factory) SIGTERM/SIGINT set it at once, see
+    `satapi.web.shutdown`.
+    """
     settings = settings or load_settings()
+    shutdown = shutdown if shutdown is not None else process_shutdown
     metrics = Metrics(multiprocess_dir=settings.prometheus_multiproc_dir)
     observer = Observers([metrics, LogObserver()])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        undo_signals = (
+            _watch_signals(shutdown, delay_s=settings.shutdown_delay_s) if watch_signals else None
+        )
         async with open_resources(settings, observer=observer) as resources:
             app.state.resources = resources
             metrics.watch(resources.limiter, resources.store, resources.images)
@@ -181,6 +207,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 yield
             finally:
+                if undo_signals is not None:
+                    undo_signals()
                 metrics.unwatch()
                 # Let background work see the shutdown before the client closes.
                 await asyncio.sleep(0)
@@ -195,6 +223,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.shutdown = shutdown
     add_exception_handlers(app)
     _document_errors_and_keys(app)
     install_docs(app)
@@ -215,6 +244,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout_s)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ShutdownMiddleware, state=shutdown)
     app.add_middleware(AccessLogMiddleware, observer=observer)
     app.add_middleware(RequestIdMiddleware)
     return app
@@ -270,4 +300,4 @@ def app_from_env() -> FastAPI:
     """The uvicorn factory used by `satapi serve`: settings from the environment, logging set up."""
     settings = load_settings()
     setup_logging(settings.log_format, settings.log_level, settings.secrets)
-    return create_app(settings)
+    return create_app(settings, watch_signals=True)

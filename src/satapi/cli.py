@@ -7,6 +7,7 @@ and does not read the server's settings."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from types import FrameType
@@ -40,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds in-flight requests get to finish on SIGTERM (default 30)",
     )
+    serve.add_argument(
+        "--shutdown-delay",
+        type=float,
+        default=None,
+        help="seconds between SIGTERM and closing the listener, /readyz answering 503 meanwhile"
+        " (default: the shutdown_delay_s setting, 0)",
+    )
     sub.add_parser("check-config", help="validate the settings and print them (secrets hidden)")
     commands.add_commands(sub)
     return parser
@@ -72,6 +80,9 @@ def _server_command(args: argparse.Namespace) -> int:
         print(settings.model_dump_json(indent=2))
         return 0
     setup_logging(settings.log_format, settings.log_level, settings.secrets)
+    if args.shutdown_delay is not None:
+        # The app (built by uvicorn's factory, in each worker) reads its settings from here.
+        os.environ["SATAPI_SHUTDOWN_DELAY_S"] = str(args.shutdown_delay)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal under the handler that
     # was installed before it ran: with the default one, a clean shutdown would still end the
     # process "killed by SIGTERM" (exit status 143) instead of 0.

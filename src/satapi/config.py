@@ -240,6 +240,10 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL")
         return value
 
+    # Reliability round two (issue 16): shutdown and full disks.
+    # Seconds between SIGTERM and closing the listener, during which /readyz answers 503.
+    shutdown_delay_s: float = Field(default=0.0, ge=0, le=600)
+
     @field_validator("allowed_hosts", "cors_origins", "api_keys", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:

@@ -122,6 +122,15 @@ class BackendUnavailable(SatapiError):
         super().__init__(message, retry_after=retry_after, extra=extra)
 
 
+# --- storage (reliability round two, issue 16) -------------------------------------------------
+
+
+class StoreFull(SatapiError):
+    """The data directory has no room for a write; nothing partial was kept."""
+
+    code = "store_full"
+
+
 # --- upstream (WMS) errors ---------------------------------------------------------------------
 
 
@@ -193,6 +202,7 @@ STATUS_BY_ERROR: dict[type[SatapiError], int] = {
     PayloadTooLarge: 413,
     Overloaded: 503,
     BackendUnavailable: 503,
+    StoreFull: 507,
     UpstreamError: 502,
     UpstreamTimeout: 504,
     AIError: 502,

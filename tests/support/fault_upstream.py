@@ -19,6 +19,7 @@ Modes
 ``hang``         reads the request and never answers (until the client goes away).
 ``stall``        headers and half the PNG, then nothing more.
 ``drip``         headers, then the PNG two bytes every quarter second.
+``slow``         a noisy (big) PNG in ten pieces spread over the ``:<seconds>`` given.
 ``reset``        headers and half the PNG, then a TCP reset (SO_LINGER 0 and close).
 ``500``          HTTP 500.
 ``503`` ``429``  that status with ``Retry-After: 1``.
@@ -72,6 +73,7 @@ MODES = (
     "hang",
     "stall",
     "drip",
+    "slow",
     "reset",
     "500",
     "503",
@@ -178,7 +180,15 @@ class FaultUpstream:
     Counters are read with the methods below (thread-safe) and cleared with `reset()`.
     """
 
-    def __init__(self, *, huge_bytes: int = 256 * 1024, drip_interval_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        *,
+        huge_bytes: int = 256 * 1024,
+        drip_interval_s: float = 0.25,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.host = host
         self.huge_bytes = huge_bytes
         self.drip_interval_s = drip_interval_s
         self.trap_url = METADATA_URL
@@ -189,16 +199,18 @@ class FaultUpstream:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping: asyncio.Event | None = None
+        self._bind_port = port
         self.port = 0
 
     # -- control -------------------------------------------------------------------------------
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:<port>``."""
+        """``http://<host>:<port>`` (127.0.0.1 unless another host was given)."""
         if not self.port:
             raise RuntimeError("FaultUpstream is not running")
-        return f"http://127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def wms_url(self) -> str:
@@ -210,7 +222,7 @@ class FaultUpstream:
         return f"{self.url}/wms/{mode}"
 
     def start(self) -> Self:
-        """Start serving on a free port of 127.0.0.1; returns once it accepts connections."""
+        """Start serving on `host` (port `port`, or a free one); returns once it accepts."""
         if self._thread is not None:
             return self
         loop = asyncio.new_event_loop()
@@ -315,7 +327,7 @@ class FaultUpstream:
 
     async def _open(self) -> None:
         self._stopping = asyncio.Event()
-        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._connection, self.host, self._bind_port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _close(self) -> None:
@@ -404,7 +416,7 @@ class FaultUpstream:
         # HTTP/1.1 client sends nothing else while it waits for this answer.
         watch: asyncio.Task[bytes] = asyncio.ensure_future(reader.read(1))
         try:
-            if req.latency > 0:
+            if req.latency > 0 and mode != "slow":  # slow spreads its body over the time
                 await self._pause(watch, req.latency)
             return await self._answer(req, writer, watch)
         except _Stopping:
@@ -452,6 +464,14 @@ class FaultUpstream:
             writer.write(body[: len(body) // 2])
             await writer.drain()
             await self._pause(watch, None)
+        elif mode == "slow":
+            body = png(w, h, noise=True)
+            await _send_head(writer, 200, "image/png", len(body))
+            piece = -(-len(body) // 10)
+            for i in range(0, len(body), piece):
+                writer.write(body[i : i + piece])
+                await writer.drain()
+                await self._pause(watch, req.latency / 10)
         elif mode == "drip":
             body = png(w, h, noise=True)
             await _send_head(writer, 200, "image/png", len(body))
@@ -625,8 +645,10 @@ class SatapiProcess:
         *,
         env: Mapping[str, str] | None = None,
         graceful_timeout: float = 5.0,
+        wrap: Callable[[list[str]], list[str]] | None = None,
     ) -> None:
         self.workdir = workdir
+        self._wrap = wrap  # e.g. run in a mount namespace with a tmpfs data dir
         self.data_dir = workdir / "data"
         self.config_path = write_config(
             workdir / "satapi.toml", {"data_dir": str(self.data_dir), **settings}
@@ -656,6 +678,9 @@ class SatapiProcess:
         self._log = self.log_path.open("ab")
         argv = [sys.executable, "-m", "satapi", "serve", "--host", "127.0.0.1"]
         argv += ["--port", str(self.port), "--graceful-timeout", str(self.graceful_timeout)]
+        if self._wrap is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            argv = self._wrap(argv)
         self.proc = subprocess.Popen(
             argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log
         )
@@ -716,9 +741,25 @@ class SatapiProcess:
         """Everything the server wrote to stdout and stderr so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    @property
+    def data_view(self) -> Path:
+        """The data dir as the server sees it (through /proc for a wrapped, running server
+        whose mount namespace has its own filesystem there)."""
+        if self._wrap is not None and self.alive():
+            assert self.proc is not None
+            return Path(f"/proc/{self.proc.pid}/root") / self.data_dir.relative_to("/")
+        return self.data_dir
+
+    def kill(self) -> None:
+        """SIGKILL (only this process), and wait for it."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._close_log()
+
     def files(self) -> list[Path]:
         """Every file under the data dir."""
-        root = self.data_dir
+        root = self.data_view
         return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
     def temp_files(self) -> list[Path]:

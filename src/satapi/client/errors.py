@@ -55,7 +55,7 @@ class InvalidRequestError(SatapiError):
 
 
 class OverloadedError(SatapiError):
-    """503 `overloaded` or `ai_busy`: try again after `retry_after` seconds."""
+    """503 `overloaded`, `ai_busy` or `shutting_down`: try again after `retry_after` seconds."""
 
 
 class UpstreamError(SatapiError):
@@ -71,7 +71,8 @@ class RequestTimeoutError(SatapiError):
 
 
 class ServerError(SatapiError):
-    """The service failed (500 `internal_error`), or answered something that is not satapi's."""
+    """The service failed (500 `internal_error`; 507 `store_full`, with `retry_after`), or
+    answered something that is not satapi's."""
 
 
 class APIConnectionError(SatapiError):
@@ -91,6 +92,8 @@ ERROR_BY_CODE: dict[str, type[SatapiError]] = {
     "payload_too_large": InvalidRequestError,
     "overloaded": OverloadedError,
     "ai_busy": OverloadedError,
+    "shutting_down": OverloadedError,  # reliability round two (issue 16)
+    "store_full": ServerError,
     "upstream_error": UpstreamError,
     "wms_exception": UpstreamError,
     "not_an_image": UpstreamError,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -55,6 +56,7 @@ class _Sources:
     limiter: _StatsSource
     store: _StoreSource | None
     images: _FlightSource | None
+    loop: asyncio.AbstractEventLoop | None = field(default=None)
 
 
 class _StateCollector(Collector):
@@ -114,6 +116,16 @@ class _StateCollector(Collector):
                     "satapi_store_evictions",
                     "Images evicted from the store to keep it under its size limit.",
                     value=store.get("evictions", 0),
+                )
+            )
+        if sources.loop is not None:
+            # Tasks alive on the event loop: back to its idle level after load, or a leak (the
+            # soak benchmark checks it).
+            out.append(
+                GaugeMetricFamily(
+                    "satapi_event_loop_tasks",
+                    "asyncio tasks alive on the worker's event loop now.",
+                    value=len(asyncio.all_tasks(sources.loop)),
                 )
             )
         return out
@@ -224,7 +236,11 @@ class Metrics:
         images: _FlightSource | None = None,
     ) -> None:
         """Report the limiter's, the store's and the image service's state at each scrape."""
-        self._sources = _Sources(limiter=limiter, store=store, images=images)
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        self._sources = _Sources(limiter=limiter, store=store, images=images, loop=loop)
 
     def unwatch(self) -> None:
         """Stop reporting state (the resources are closing)."""

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import ssl
 from types import TracebackType
 
+import httpcore2
 import httpx2
 
 POOL_SHARD_SIZE = 4
@@ -23,21 +25,20 @@ class ShardedTransport(httpx2.AsyncBaseTransport):
     """Round-robin over `shards` `AsyncHTTPTransport`s, each with its share of kept-alive
     connections (and room to open up to `max_connections` when the others are busy)."""
 
-    def __init__(self, *, max_connections: int, shards: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        shards: int | None = None,
+        network_backend: httpcore2.AsyncNetworkBackend | None = None,
+    ) -> None:
         count = shards if shards is not None else shard_count(max_connections)
         keepalive = math.ceil(max_connections / count)
         # One TLS context for all: each loads the CA bundle, ~45 ms and ~0.9 MB apiece (50
         # shards for a cap of 200 took 2.6 s and 43 MB at start-up with a context each).
         tls = httpx2.create_ssl_context(trust_env=False)
         self.shards = [
-            httpx2.AsyncHTTPTransport(
-                verify=tls,
-                limits=httpx2.Limits(
-                    max_connections=max_connections, max_keepalive_connections=keepalive
-                ),
-                trust_env=False,
-            )
-            for _ in range(count)
+            _transport(tls, max_connections, keepalive, network_backend) for _ in range(count)
         ]
         self._next = itertools.cycle(self.shards)
 
@@ -60,6 +61,31 @@ class ShardedTransport(httpx2.AsyncBaseTransport):
     async def aclose(self) -> None:
         for shard in self.shards:
             await shard.aclose()
+
+
+def _transport(
+    tls: ssl.SSLContext,
+    max_connections: int,
+    keepalive: int,
+    network_backend: httpcore2.AsyncNetworkBackend | None,
+) -> httpx2.AsyncHTTPTransport:
+    transport = httpx2.AsyncHTTPTransport(
+        verify=tls,
+        limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=keepalive),
+        trust_env=False,
+    )
+    if network_backend is not None:
+        # httpx2 takes no network backend: swap in a pool built the same way with one (the
+        # unused pool it made holds no connections). This is how the SSRF guard
+        # (satapi.providers.netguard) gets to see, and pick, every address connected to.
+        transport._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=tls,
+            max_connections=max_connections,
+            max_keepalive_connections=keepalive,
+            keepalive_expiry=httpx2.Limits().keepalive_expiry,
+            network_backend=network_backend,
+        )
+    return transport
 
 
 def shard_count(max_connections: int) -> int:

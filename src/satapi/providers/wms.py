@@ -24,10 +24,12 @@ from satapi.errors import (
     UnknownProvider,
     UpstreamError,
     UpstreamTimeout,
+    UrlNotAllowed,
     WMSServiceException,
 )
 from satapi.limits import Limiter
 from satapi.observability.events import NullObserver, Observer, Shed
+from satapi.providers.netguard import AddressNotAllowed
 from satapi.redaction import redact
 from satapi.storage import ImageWriter
 from satapi.urlpolicy import UrlPolicy
@@ -286,7 +288,7 @@ class WMSClient:
         url: str = target.endpoint
         query: Any = target.query
         shown = target.url()
-        for _ in range(MAX_REDIRECTS + 1):
+        for hop in range(MAX_REDIRECTS + 1):
             try:
                 async with self._http.stream("GET", url, params=query) as response:
                     if response.status_code in REDIRECT_STATUS:
@@ -295,6 +297,18 @@ class WMSClient:
                         continue
                     await self._consume(response, writer, stats, shown)
                     return
+            except AddressNotAllowed as exc:
+                # Refused at connect time (satapi.providers.netguard): nothing was sent. The
+                # client's own URL is a 400; a redirect there is the server's doing, a 502.
+                if hop == 0:
+                    raise UrlNotAllowed(
+                        f"The host {exc.host!r} resolves to an internal address, which is "
+                        "never fetched."
+                    ) from None
+                raise RedirectNotAllowed(
+                    f"The WMS server redirected to {exc.host!r}, which resolves to an internal "
+                    "address."
+                ) from None
             except httpx2.TimeoutException as exc:
                 # A server that stops answering is a timeout (504) whichever deadline fires
                 # first, the per-read one here or the total one in `download`.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from satapi.deps import ResourcesDep
@@ -23,12 +23,16 @@ async def healthz() -> HealthResponse:
     response_model=HealthResponse,
     responses={503: {"model": HealthResponse, "description": "Not ready."}},
 )
-async def readyz(resources: ResourcesDep) -> HealthResponse | JSONResponse:
-    """Ready when the image store is writable and the WMS HTTP client is open.
+async def readyz(request: Request, resources: ResourcesDep) -> HealthResponse | JSONResponse:
+    """Ready when the image store is writable, the WMS HTTP client is open, and the server is
+    not shutting down (503 from the moment SIGTERM arrives, so load balancers stop sending).
 
     When the store is not ready, `checks.store_error` says why (e.g. the bucket does not exist,
-    or the object store refused the credentials).
+    the object store refused the credentials, or the data directory is full).
     """
+    if request.app.state.shutdown.draining:
+        body = HealthResponse(status="unavailable", checks={"not_shutting_down": False})
+        return JSONResponse(body.model_dump(), status_code=503)
     problem = await resources.store.problem()
     checks: dict[str, object] = {
         "store_writable": problem is None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -13,12 +14,13 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
 from time import monotonic
+from time import time as _now
 from typing import Any
 
 import aiofiles
 import aiofiles.os
 
-from satapi.errors import NotFound
+from satapi.errors import InvalidRequest, NotFound, StoreFull
 from satapi.storage import ImageRecord, ImageWriter, check_id
 
 log = logging.getLogger("satapi.storage")
@@ -29,6 +31,28 @@ CHUNK = 64 * 1024
 WRITE_BUFFER = 256 * 1024  # bytes gathered per aiofiles write
 RECHECK_S = 2.0  # how long a record seen on disk is trusted from memory
 MEMORY_RECORDS = 4096  # records kept in memory, most recently used
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+STORE_FULL_RETRY_AFTER_S = 60.0
+ORPHAN_AGE_S = 300.0  # an image without a record this old is no publish in progress
+MAGIC = {"image/png": (b"\x89PNG\r\n\x1a\n",), "image/jpeg": (b"\xff\xd8\xff",)}
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """True for the OSError of a full disk (or an exhausted quota)."""
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE
+
+
+def store_full(what: str) -> StoreFull:
+    """The client-facing error for a write that found no room."""
+    return StoreFull(
+        f"The data directory is full: {what} could not be stored. Nothing partial was kept.",
+        retry_after=STORE_FULL_RETRY_AFTER_S,
+    )
+
+
+def bytes_look_like(head: bytes, content_type: str) -> bool:
+    """True when a file's first bytes are those of `content_type` (PNG or JPEG)."""
+    return any(head.startswith(m) for m in MAGIC.get(content_type, (b"",)))
 
 
 def temp_name(stem: str, suffix: str = "") -> str:
@@ -77,15 +101,29 @@ class _LocalWriter:
 
     async def _open(self) -> None:
         try:
-            self._file = await aiofiles.open(self.temp_path, "wb")
-        except FileNotFoundError:  # the shard directory was removed while running
-            await aiofiles.os.makedirs(self.temp_path.parent, exist_ok=True)
-            self._file = await aiofiles.open(self.temp_path, "wb")
+            try:
+                self._file = await aiofiles.open(self.temp_path, "wb")
+            except FileNotFoundError:  # the shard directory was removed while running
+                await aiofiles.os.makedirs(self.temp_path.parent, exist_ok=True)
+                self._file = await aiofiles.open(self.temp_path, "wb")
+        except OSError as exc:
+            raise self._full(exc, 0) from None
+
+    def _full(self, exc: OSError, needed: int) -> OSError | StoreFull:
+        # A full disk is the client's 507 (and /readyz's concern), anything else stays an
+        # internal error. The caller's `abort` removes what was written.
+        if not is_no_space(exc):
+            return exc
+        self._store._out_of_space(needed)
+        return store_full("the image")
 
     async def write(self, chunk: bytes) -> None:
         self.bytes_written += len(chunk)
         if not self._buffer and len(chunk) >= WRITE_BUFFER:
-            await self._file.write(chunk)  # big enough on its own: no copy
+            try:
+                await self._file.write(chunk)  # big enough on its own: no copy
+            except OSError as exc:
+                raise self._full(exc, self.bytes_written) from None
             return
         self._buffer += chunk
         if len(self._buffer) >= WRITE_BUFFER:
@@ -95,7 +133,10 @@ class _LocalWriter:
         if self._buffer:
             # Hand the buffer itself to the worker thread (no copy) and start a new one.
             data, self._buffer = self._buffer, bytearray()
-            await self._file.write(data)
+            try:
+                await self._file.write(data)
+            except OSError as exc:
+                raise self._full(exc, self.bytes_written) from None
 
     async def reset(self) -> None:
         self._buffer.clear()
@@ -106,13 +147,20 @@ class _LocalWriter:
     async def finish(self) -> None:
         if not self._file.closed:
             await self._flush()
-            await self._file.close()  # flushes Python's buffer too
+            try:
+                await self._file.close()  # flushes Python's buffer too
+            except OSError as exc:
+                raise self._full(exc, self.bytes_written) from None
 
     async def commit(self, record: ImageRecord) -> ImageRecord:
         await self.finish()
         final_path = self._store.image_path(self.image_id, record.content_type)
         meta_path = self._store.meta_path(self.image_id)
-        await asyncio.to_thread(_publish, self.temp_path, final_path, meta_path, record)
+        try:
+            await asyncio.to_thread(_publish, self.temp_path, final_path, meta_path, record)
+        except OSError as exc:
+            raise self._full(exc, self.bytes_written) from None
+        self._store._short = None  # a write went through: there is room again
         self._done = True
         self._store._writers.discard(self)
         self._store._remember(record)
@@ -174,6 +222,9 @@ class LocalImageStore:
         # several workers sharing the directory another may evict an image meanwhile, so
         # memory is trusted for RECHECK_S only, and readers report a vanished image as 404.
         self._seen: OrderedDict[str, tuple[ImageRecord, float]] = OrderedDict()
+        # Bytes the last write that ran out of space needed (None: no such failure since the
+        # last write that went through); /readyz reports the store unwritable until it fits.
+        self._short: int | None = None
 
     # -- paths ----------------------------------------------------------------------------------
 
@@ -206,27 +257,73 @@ class LocalImageStore:
             (self.root / f"{n:02x}").mkdir(parents=True, exist_ok=True)
 
     def _scan(self) -> list[tuple[str, int, str]]:
-        # Runs in a thread at start-up: removes leftover temp files and indexes what is there,
-        # oldest first so the LRU order starts from the records' ages.
+        # Runs in a thread at start-up: removes leftover temp files, records whose image is
+        # missing or does not match them (size, type) and old images without a record, then
+        # indexes what is left, oldest first so the LRU order starts from the records' ages.
         found: list[tuple[float, str, int, str]] = []
+        now = _now()
         for shard in self.root.iterdir():
             if not shard.is_dir():
                 continue
-            for path in shard.iterdir():
-                if path.name.startswith(TEMP_PREFIX):
-                    if is_stale_temp(path.name):
+            names = {path.name for path in shard.iterdir()}
+            kept: set[str] = set()
+            for name in sorted(names):
+                path = shard / name
+                if name.startswith(TEMP_PREFIX):
+                    if is_stale_temp(name):
                         path.unlink(missing_ok=True)
-                        log.info("removed leftover temp file %s", path.name)
-                elif path.suffix == ".json":
-                    try:
-                        record = ImageRecord.from_json(json.loads(path.read_text()))
-                        stamp = path.stat().st_mtime
-                    except (OSError, ValueError, TypeError):
-                        continue
-                    if self.image_path(record.id, record.content_type).exists():
-                        found.append((stamp, record.id, record.bytes, record.content_type))
+                        log.info("removed leftover temp file %s", name)
+                    continue
+                if not name.endswith(".json"):
+                    continue
+                checked = self._check_stored(path)
+                if checked is None:
+                    continue
+                stamp, record = checked
+                kept.add(self.image_path(record.id, record.content_type).name)
+                found.append((stamp, record.id, record.bytes, record.content_type))
+            for name in names - kept:
+                path = shard / name
+                if name.startswith(TEMP_PREFIX) or name.endswith(".json"):
+                    continue
+                with contextlib.suppress(OSError):
+                    # Young ones may be another worker's publish between its two renames.
+                    if now - path.stat().st_mtime > ORPHAN_AGE_S:
+                        path.unlink()
+                        log.warning("removed image file %s, which has no record", name)
         found.sort()
         return [(i, size, ct) for _, i, size, ct in found]
+
+    def _check_stored(self, meta: Path) -> tuple[float, ImageRecord] | None:
+        """(mtime, record) when the record's image is there with its size and type; removes a
+        record that is unreadable or whose image is missing, truncated or of another type."""
+        record: ImageRecord | None = None
+        try:
+            record = ImageRecord.from_json(json.loads(meta.read_text()))
+            stamp = meta.stat().st_mtime
+            image = self.image_path(record.id, record.content_type)
+            size = image.stat().st_size
+            with image.open("rb") as f:
+                head = f.read(16)
+        except FileNotFoundError:
+            problem = "its image is missing"
+        except (OSError, ValueError, TypeError) as exc:
+            problem = f"it cannot be read ({type(exc).__name__})"
+        else:
+            if meta.stem != record.id:
+                problem = f"it is the record of {record.id}"
+            elif size != record.bytes:
+                problem = f"its image has {size} bytes, not {record.bytes}"
+            elif not bytes_look_like(head, record.content_type):
+                problem = f"its image is not {record.content_type}"
+            else:
+                return stamp, record
+        log.warning("removed the stored record %s: %s", meta.name, problem)
+        meta.unlink(missing_ok=True)
+        if record is not None and meta.stem == record.id:
+            with contextlib.suppress(OSError, InvalidRequest):
+                self.image_path(record.id, record.content_type).unlink(missing_ok=True)
+        return None
 
     async def close(self) -> None:
         if self._task is not None:
@@ -280,7 +377,14 @@ class LocalImageStore:
             return None
         if record.expired():
             return None
-        if not self.image_path(image_id, record.content_type).exists():
+        try:
+            size = self.image_path(image_id, record.content_type).stat().st_size
+        except FileNotFoundError:
+            return None
+        # One stat, as the existence check was: an image that is not what its record says
+        # (truncated behind the store's back) is never served.
+        if size != record.bytes:
+            log.warning("stored image %s has %d bytes, not %d", image_id, size, record.bytes)
             return None
         return record
 
@@ -331,7 +435,26 @@ class LocalImageStore:
         finally:
             await writer.abort()
 
+    def _out_of_space(self, needed: int) -> None:
+        if self._short is None:
+            log.warning("the data directory is full (a write of %d bytes failed)", needed)
+        self._short = max(needed, self._short or 0)
+
+    def _free_bytes(self) -> int:
+        stats = os.statvfs(self.root)
+        return stats.f_bavail * stats.f_frsize
+
     async def writable(self) -> bool:
+        if self._short is not None:
+            # Full until the write that failed would fit (space freed, or evictions).
+            try:
+                free = await asyncio.to_thread(self._free_bytes)
+            except OSError:
+                return False
+            if free < self._short:
+                return False
+            log.info("the data directory has room again (%d bytes free)", free)
+            self._short = None
         probe = self.root / temp_name("probe")
         try:
             async with aiofiles.open(probe, "wb") as f:
@@ -344,6 +467,8 @@ class LocalImageStore:
     async def problem(self) -> str | None:
         if await self.writable():
             return None
+        if self._short is not None:
+            return f"The data directory {self.root.parent} is full."
         return f"The data directory {self.root.parent} is not writable."
 
     # -- accounting and eviction ------------------------------------------------------------------
@@ -428,8 +553,10 @@ class LocalAnalysisStore:
             async with aiofiles.open(temp, "w") as f:
                 await f.write(json.dumps(result))
             await aiofiles.os.replace(temp, path)
-        except BaseException:
+        except BaseException as exc:
             await _remove_quietly(temp)
+            if is_no_space(exc):
+                raise store_full("the analysis result") from None
             raise
 
 
