@@ -249,7 +249,7 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     async def fake_sleep(seconds: float) -> None:
         recorded.append(seconds)
 
-    monkeypatch.setattr("satapi.client.api.asyncio.sleep", fake_sleep)
+    monkeypatch.setattr("satapi.client.api._sleep", fake_sleep)
     return recorded
 
 

@@ -267,8 +267,13 @@ class SatapiClient:
         """Wait before retrying a 503 that said when to come back; False: do not retry."""
         if error.status != 503 or error.retry_after is None or attempt >= self.max_retries:
             return False
-        await asyncio.sleep(min(max(error.retry_after, 0.0), self.max_retry_wait))
+        await _sleep(min(max(error.retry_after, 0.0), self.max_retry_wait))
         return True
+
+
+async def _sleep(seconds: float) -> None:
+    """The back-off wait (its own name, so tests can record it without patching asyncio)."""
+    await asyncio.sleep(seconds)
 
 
 def _build(model: type[M], request: M | None, fields: dict[str, Any]) -> M:
