@@ -114,3 +114,38 @@ def test_s3clients_measures_both_clients() -> None:
     rows = [line.split() for line in done.stdout.splitlines()[2:]]
     assert {row[0] for row in rows} == {"obstore", "aiobotocore"}
     assert all(float(value) > 0 for row in rows for value in row[2:]), done.stdout
+
+
+def test_analyzercost_measures_both_code_paths() -> None:
+    # The in-process micro-benchmark of the local analyzer (issue 14): both code paths, every
+    # step, and the check that they agree on the scene's metrics.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.analyzercost",
+            "--sizes",
+            "32,96",
+            "--rounds",
+            "1",
+            "--min-time",
+            "0.01",
+            "--json",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["rows"]
+    assert [(row["size"], row["variant"].split()[0]) for row in rows] == [
+        (32, "before"),
+        (32, "after"),
+        (96, "before"),
+        (96, "after"),
+    ]
+    for row in rows:
+        for step in ("verify", "decode", "classify", "metrics", "analyse", "vision"):
+            assert row[f"{step}_ms"] > 0

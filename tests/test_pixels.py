@@ -488,3 +488,77 @@ def test_encode_png_round_trips(shape: tuple[int, ...]) -> None:
 def test_encode_png_rejects_non_uint8() -> None:
     with pytest.raises(ValueError, match="uint8"):
         pixels.encode_png(np.zeros((2, 2, 3), dtype=np.float64))
+
+
+# --- the lookup-table scan against the rule-by-rule scan (issue 14) ----------------------------
+
+
+def _old_dominant_hexes(counts: np.ndarray) -> list[str]:
+    """The dominant colours as `_metrics` listed them before: a stable sort of all 2^15 bins."""
+    codes = [int(c) for c in np.argsort(-counts, kind="stable")[:5] if counts[c] > 0]
+    return ["#" + "".join(f"{((c >> s) & 31) * 8 + 4:02x}" for s in (10, 5, 0)) for c in codes]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_table_scan_matches_rule_scan_on_random_images(seed: int) -> None:
+    # Random colours cover every rule and its boundaries far more densely than scenes do; some
+    # images get transparent, half-transparent and near-black (no-data) pixels, some are RGB.
+    rng = np.random.default_rng(seed)
+    height, width = (int(n) for n in rng.integers(1, 400, 2))
+    channels = 4 if seed % 2 else 3
+    image = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
+    if channels == 4:
+        image[..., 3] = rng.choice(np.array([0, 1, 128, 255], dtype=np.uint8), (height, width))
+    if seed % 3 == 0:
+        dark = rng.random((height, width)) < 0.25
+        image[dark, :3] = rng.integers(0, 4, (int(dark.sum()), 3), dtype=np.uint8)
+    if seed % 4 == 1:  # few distinct colours: ties between dominant colours
+        image[..., :3] = rng.choice(np.array([0, 8, 16, 200], dtype=np.uint8), (height, width, 3))
+    new = pixels._scan(image)
+    old = pixels._scan_by_rules(image)
+    assert np.array_equal(new.classes, old.classes)
+    assert new.brightness_sum == old.brightness_sum
+    assert np.array_equal(new.color_counts, old.color_counts)
+    assert pixels._metrics(new) == pixels._metrics(old)
+    hexes = [c["hex"] for c in pixels._metrics(new)["dominant_colors"]]
+    assert hexes == _old_dominant_hexes(old.color_counts)
+
+
+def test_table_covers_every_colour_exactly() -> None:
+    # The table itself, for all 2^24 opaque colours at once, against the rules.
+    table = pixels.class_table()
+    colours = np.arange(1 << 24, dtype=np.uint32)
+    image = np.empty((1 << 12, 1 << 12, 4), dtype=np.uint8)
+    flat = image.reshape(-1, 4)
+    for channel in range(3):
+        flat[:, channel] = (colours >> (8 * channel)) & 0xFF
+    flat[:, 3] = 255
+    assert np.array_equal(pixels._scan_by_rules(image).classes.reshape(-1), table)
+
+
+def test_rgb_decode_keeps_results_and_transparency() -> None:
+    # decode_pixels leaves RGB images RGB; the metrics are those of the RGBA decode.
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    data = pixels.encode_png(rgb)
+    assert pixels.decode_pixels(data).shape == (40, 30, 3)
+    assert pixels.measure(pixels.decode_pixels(data)) == pixels.measure(pixels.decode_rgba(data))
+    # An RGB PNG with a tRNS colour: that colour is transparent, so it must come back as RGBA.
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), FOREST).save(buffer, "PNG", transparency=FOREST)
+    decoded = pixels.decode_pixels(buffer.getvalue())
+    assert decoded.shape == (4, 4, 4) and int(decoded[..., 3].max()) == 0
+    assert pixels.measure(decoded)["nodata_fraction"] == 1.0
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 1, 4), (1, 2, 3), (3, 1, 4)])
+def test_table_scan_on_tiny_images(shape: tuple[int, int, int]) -> None:
+    # One or two pixels: the packing's hand-packed last pixel is all there is.
+    image = np.full(shape, 0, dtype=np.uint8)
+    image[..., :3] = FOREST
+    image[-1, -1, :3] = WATER
+    if shape[2] == 4:
+        image[..., 3] = 255
+    new, old = pixels._scan(image), pixels._scan_by_rules(image)
+    assert np.array_equal(new.classes, old.classes)
+    assert pixels._metrics(new) == pixels._metrics(old)

@@ -23,9 +23,9 @@ def split_sentences(text: str) -> list[str]:
 
 
 def _decode(data: bytes, label: str, max_pixels: int) -> pixels.RgbaArray:
-    """`pixels.decode_rgba`, with the image's role named in the error."""
+    """`pixels.decode_pixels` (RGB or RGBA), with the image's role named in the error."""
     try:
-        return pixels.decode_rgba(data, max_pixels)
+        return pixels.decode_pixels(data, max_pixels)
     except NotAnImage as exc:
         raise NotAnImage(
             f"Could not read the {label} image. {exc.message}", extra=exc.extra

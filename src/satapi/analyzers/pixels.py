@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import math
+import sys
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Final
@@ -88,6 +90,20 @@ def _hex_to_rgb(value: str) -> tuple[int, int, int]:
 
 def decode_rgba(data: bytes, max_pixels: int = 64_000_000) -> RgbaArray:
     """Decode image bytes to an (H, W, 4) uint8 RGBA array, refusing more than `max_pixels`."""
+    return _decode(data, max_pixels, keep_rgb=False)
+
+
+def decode_pixels(data: bytes, max_pixels: int = 64_000_000) -> RgbaArray:
+    """Like `decode_rgba`, but an image without transparency stays (H, W, 3) RGB.
+
+    Skipping the conversion to RGBA saves a copy of every pixel (~15 % of a 512² PNG's
+    decode); `measure` and `classify` take either shape and give the same results.
+    """
+    return _decode(data, max_pixels, keep_rgb=True)
+
+
+def _decode(data: bytes, max_pixels: int, *, keep_rgb: bool) -> RgbaArray:
+    """`decode_rgba` / `decode_pixels`."""
     if not data:
         raise NotAnImage("The image is empty (0 bytes).")
     try:
@@ -102,7 +118,11 @@ def decode_rgba(data: bytes, max_pixels: int = 64_000_000) -> RgbaArray:
             if width == 0 or height == 0:
                 raise NotAnImage("The image has no pixels.")
             im.load()
-            rgba = _to_rgba(im)
+            # An RGB image with a tRNS colour becomes RGBA: that colour is transparent.
+            if keep_rgb and im.mode == "RGB" and "transparency" not in im.info:
+                rgba = np.asarray(im, dtype=np.uint8)
+            else:
+                rgba = _to_rgba(im)
     except NotAnImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -212,8 +232,112 @@ class _Scan:
     color_counts: NDArray[np.int64]  # per quantised colour bin, non-no-data pixels only
 
 
+# --- the lookup-table scan ----------------------------------------------------------------------
+#
+# The rules above depend on R, G and B alone (alpha only says "no data" when it is 0), so every
+# opaque colour's class can be computed once: a table of 2^24 class codes (16 MB, built on first
+# use in ~0.3 s of CPU by running `_classify_chunk` itself over every colour, so it is exact by
+# construction). Classifying an image is then one gather indexed by the packed colour
+# R | G << 8 | B << 16, which for RGBA bytes on a little-endian machine is the pixel's own
+# 32-bit value with alpha masked off: no per-channel passes, no int16 temporaries.
+
+_PACKED_COLOURS: Final = 1 << 24
+_LUT_BUILD_STEP: Final = 1 << 20
+_LUT_CHUNK_PIXELS: Final = 1 << 18  # 1 MB of packed colours per step
+_lut: NDArray[np.uint8] | None = None
+_lut_lock = threading.Lock()
+
+
+def class_table() -> NDArray[np.uint8]:
+    """The class code of every opaque colour, indexed by R | G << 8 | B << 16 (built once)."""
+    global _lut
+    table = _lut
+    if table is not None:
+        return table
+    with _lut_lock:
+        if _lut is None:
+            built = np.empty(_PACKED_COLOURS, dtype=np.uint8)
+            planes = np.empty((4, _LUT_BUILD_STEP), dtype=np.uint8)
+            planes[3] = 255
+            for start in range(0, _PACKED_COLOURS, _LUT_BUILD_STEP):
+                packed = np.arange(start, start + _LUT_BUILD_STEP, dtype=np.uint32)
+                for channel in range(3):
+                    planes[channel] = (packed >> (8 * channel)) & 0xFF
+                built[start : start + _LUT_BUILD_STEP] = _classify_chunk(planes)[0]
+            _lut = built
+        return _lut
+
+
+def _packed(pixels: NDArray[np.uint8]) -> NDArray[np.uint32]:
+    """R | G << 8 | B << 16 of (N, 3|4) C-contiguous uint8 pixels."""
+    count, channels = pixels.shape
+    out: NDArray[np.uint32] = np.empty(count, dtype=np.uint32)
+    if sys.byteorder != "little" or count < 2:
+        np.left_shift(pixels[:, 2], 16, out=out, dtype=np.uint32)
+        out |= pixels[:, 1].astype(np.uint32) << 8
+        out |= pixels[:, 0]
+        return out
+    if channels == 4:
+        np.bitwise_and(pixels.view(np.uint32).reshape(-1), np.uint32(0xFFFFFF), out=out)
+        return out
+    # RGB: read each pixel's 3 bytes plus the next pixel's R as one (unaligned) 32-bit word
+    # and mask the extra byte off; 2.5x faster than combining three channel planes. The last
+    # pixel has no byte after it, so it is packed by hand.
+    words = np.ndarray(shape=(count - 1,), dtype="<u4", buffer=pixels, strides=(3,))
+    np.bitwise_and(words, np.uint32(0xFFFFFF), out=out[:-1])
+    red, green, blue = (int(v) for v in pixels[-1])
+    out[-1] = red | green << 8 | blue << 16
+    return out
+
+
 def _scan(image: NDArray[np.uint8]) -> _Scan:
-    """Classify every pixel and gather brightness and colour statistics, in bounded chunks."""
+    """Classify every pixel and gather brightness and colour statistics (lookup-table scan).
+
+    Gives exactly what `_scan_by_rules` gives (tests/test_pixels.py compares them on random
+    images): the class table is built by the same rules and the sums are exact integers. Runs
+    in chunks of `_LUT_CHUNK_PIXELS`, so its temporaries stay a few MB for any image size.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"expected an (H, W, 3|4) uint8 array, got {image.shape} {image.dtype}")
+    height, width, channels = image.shape
+    flat = np.ascontiguousarray(image).reshape(-1, channels)
+    table = class_table()
+    classes = np.empty(flat.shape[0], dtype=np.uint8)
+    color_counts = np.zeros(_QUANT_BINS, dtype=np.int64)
+    brightness_sum = 0
+    for start in range(0, flat.shape[0], _LUT_CHUNK_PIXELS):
+        block = flat[start : start + _LUT_CHUNK_PIXELS]
+        packed = _packed(block)
+        cls = table.take(packed)
+        # Sum of R + G + B over the block (uint32 holds 4 x 255 x 2^18); no-data pixels are
+        # taken out below.
+        brightness_sum += int(block.sum(dtype=np.uint32))
+        if channels == 4:
+            alpha = block[:, 3]
+            brightness_sum -= int(alpha.sum(dtype=np.uint32))
+            transparent = alpha == 0
+            if transparent.any():
+                cls[transparent] = NODATA
+        classes[start : start + len(cls)] = cls
+        # Dominant colours: 5 bits per channel, code = R5 << 10 | G5 << 5 | B5.
+        codes = (packed & np.uint32(0xF8)) << 7
+        codes |= (packed >> 6) & np.uint32(0x3E0)
+        codes |= packed >> 19
+        color_counts += np.bincount(codes, minlength=_QUANT_BINS)
+        nodata = cls == NODATA
+        if nodata.any():  # usually few: take their colours and brightness back out
+            color_counts -= np.bincount(codes[nodata], minlength=_QUANT_BINS)
+            dark = packed[nodata]
+            brightness_sum -= int(
+                (dark & 0xFF).sum(dtype=np.int64)
+                + ((dark >> 8) & 0xFF).sum(dtype=np.int64)
+                + (dark >> 16).sum(dtype=np.int64)
+            )
+    return _Scan(classes.reshape(height, width), brightness_sum, color_counts)
+
+
+def _scan_by_rules(image: NDArray[np.uint8]) -> _Scan:
+    """The rule-by-rule scan `_scan` replaced: kept as the reference it is tested against."""
     rgba = _as_rgba(image)
     height, width = rgba.shape[:2]
     flat = np.ascontiguousarray(rgba).reshape(-1, 4)
@@ -253,8 +377,10 @@ def _metrics(scan: _Scan) -> dict[str, Any]:
         return round(counts[code] / total, 4) if total else 0.0
 
     mean_brightness = scan.brightness_sum / (valid * 765) if valid else 0.0
-    # Stable order for ties: most pixels first, then the lowest bin code.
-    order = np.argsort(-scan.color_counts, kind="stable")[:_TOP_COLORS]
+    # Stable order for ties: most pixels first, then the lowest bin code. Only occupied bins
+    # are sorted (they come in ascending code order, so ties still go to the lowest code).
+    occupied = np.flatnonzero(scan.color_counts)
+    order = occupied[np.argsort(-scan.color_counts[occupied], kind="stable")][:_TOP_COLORS]
     dominant: list[dict[str, Any]] = []
     mask = (1 << _QUANT_BITS) - 1
     step = 1 << (8 - _QUANT_BITS)
