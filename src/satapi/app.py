@@ -20,7 +20,7 @@ from satapi.app_state import Resources
 from satapi.config import Settings, load_settings
 from satapi.cpu import CpuRunner
 from satapi.imagery import ImageService
-from satapi.limits import make_limiter
+from satapi.limits import SlotLimiter, make_ai_limiter, make_limiter
 from satapi.models import ErrorResponse
 from satapi.observability.events import NullObserver, Observer, Observers, StoreCallFailed
 from satapi.observability.logs import LogObserver, setup_logging
@@ -135,6 +135,7 @@ async def open_resources(
         "local": LocalAnalyzer(cpu, max_pixels=settings.max_image_px**2)
     }
     ai_client = None
+    ai_limiter: SlotLimiter | None = None
     if settings.anthropic_api_key is not None:
         # Imported only when a key is set: the anthropic SDK alone adds ~48 MB to every process
         # and ~1.7 s to start-up, for nothing when only the local analyzer can run.
@@ -145,6 +146,7 @@ async def open_resources(
             base_url=settings.anthropic_base_url,
             max_retries=settings.anthropic_max_retries,
         )
+        ai_limiter = make_ai_limiter(settings, observer)
         analyzers["claude"] = ClaudeAnalyzer(
             ai_client,
             model=settings.anthropic_model,
@@ -152,6 +154,7 @@ async def open_resources(
             max_tokens=settings.ai_max_tokens,
             max_long_edge=settings.ai_max_long_edge,
             max_pixels=settings.ai_max_pixels,
+            limiter=ai_limiter,
         )
     try:
         yield Resources(
@@ -164,6 +167,7 @@ async def open_resources(
             images=service,
             analysis=AnalysisService(store, analyses, analyzers, observer=observer),
             anthropic=ai_client,
+            ai_limiter=ai_limiter,
             observer=observer,
         )
     finally:
@@ -197,7 +201,9 @@ def create_app(
         )
         async with open_resources(settings, observer=observer) as resources:
             app.state.resources = resources
-            metrics.watch(resources.limiter, resources.store, resources.images)
+            metrics.watch(
+                resources.limiter, resources.store, resources.images, ai=resources.ai_limiter
+            )
             log.info(
                 "satapi %s ready: default provider %s, store %s",
                 __version__,

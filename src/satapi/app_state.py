@@ -11,7 +11,7 @@ from satapi.analysis import AnalysisService
 from satapi.config import Settings
 from satapi.cpu import CpuRunner
 from satapi.imagery import ImageService
-from satapi.limits import Limiter
+from satapi.limits import Limiter, SlotLimiter
 from satapi.observability.events import NullObserver, Observer
 from satapi.storage import AnalysisStore, ImageStore
 
@@ -32,4 +32,5 @@ class Resources:
     images: ImageService
     analysis: AnalysisService
     anthropic: anthropic.AsyncAnthropic | None = None
+    ai_limiter: SlotLimiter | None = None  # the AI cap, when the Claude analyzer is configured
     observer: Observer = field(default_factory=NullObserver)

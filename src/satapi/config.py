@@ -164,6 +164,10 @@ class Settings(BaseSettings):
     ai_max_pixels: int = Field(default=1_150_000, ge=4096)
     ai_max_tokens: int = Field(default=1500, ge=16)
 
+    # AI cap (issue 14): concurrent Claude calls, and how many may queue before 503 ai_busy.
+    max_concurrent_ai: int = Field(default=16, ge=1, le=10_000)
+    max_ai_waiting: int = Field(default=200, ge=0, le=1_000_000)
+
     max_timeseries_dates: int = Field(default=24, ge=1, le=1000)
     cpu_threads: int = Field(default=4, ge=1, le=64)
 

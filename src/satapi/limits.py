@@ -1,4 +1,5 @@
-"""The limiter seam: permits for WMS transfers (a global cap, a cap per provider, load shedding).
+"""The limiter seam: permits for WMS transfers (a global cap, a cap per provider, load shedding)
+and for AI calls (one cap, a bounded queue).
 
 Backends live in `satapi.coordination` (`coordination/local.py`: in-process semaphores).
 """
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from satapi.config import Settings
+    from satapi.observability.events import Observer
 
 
 @dataclass
@@ -44,4 +46,52 @@ def make_limiter(settings: Settings) -> Limiter:
         {name: p.max_concurrency for name, p in settings.providers.items()},
         max_waiting=settings.max_waiting,
         min_intervals={name: p.min_interval_s for name, p in settings.providers.items()},
+    )
+
+
+# --- AI calls (issue 14) -------------------------------------------------------------------------
+
+
+class SlotLimiter(Protocol):
+    """Permits for one capped resource (AI calls), with a bounded queue.
+
+    `coordination.local.LocalSlotLimiter` caps one process; a fleet-wide backend (a Redis lease
+    semaphore) implements the same two methods and raises the same busy error.
+    """
+
+    def slot(self) -> AbstractAsyncContextManager[float]:
+        """Async context manager holding a permit; yields the seconds waited for it.
+
+        Raises the limiter's busy error at once when too many callers already wait.
+        """
+        ...
+
+    def stats(self) -> SlotStats:
+        """Permits held, callers waiting, the capacity and the most ever held at once."""
+        ...
+
+
+def make_ai_limiter(settings: Settings, observer: Observer) -> SlotLimiter:
+    """The AI cap: `max_concurrent_ai` Claude calls at once, `max_ai_waiting` queued behind.
+
+    Beyond the queue, `AIBusy` (503 `ai_busy`) with a `Retry-After`. In-process for now.
+    Anthropic's rate limits are per organisation, so a fleet sharing a `redis_url` should share
+    this cap: a lease semaphore from `satapi.coordination` (one named "ai", capacity and
+    max_waiting as here, its `Overloaded` mapped to `AIBusy`) plugs in here.
+    """
+    from satapi.coordination.local import LocalSlotLimiter
+    from satapi.errors import AIBusy
+    from satapi.observability.events import AiSlotSettled
+
+    def busy(message: str, retry_after: int) -> AIBusy:
+        return AIBusy(message, retry_after=retry_after)
+
+    def observe(outcome: str, waited_s: float) -> None:
+        observer.observe(AiSlotSettled(outcome=outcome, waited_s=waited_s))
+
+    return LocalSlotLimiter(
+        settings.max_concurrent_ai,
+        max_waiting=settings.max_ai_waiting,
+        busy=busy,
+        observe=observe,
     )

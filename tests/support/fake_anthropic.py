@@ -200,6 +200,8 @@ class FakeAnthropic:
         self._port = 0
         self.requests: list[RecordedRequest] = []
         self.disconnects = 0  # streams the client closed before the end
+        self.in_flight = 0  # /v1/messages requests being answered now
+        self.max_in_flight = 0  # the most answered at once since the last reset
         self._replies: list[Reply] = [Reply()]
 
     # --- control ---------------------------------------------------------------------------
@@ -223,6 +225,7 @@ class FakeAnthropic:
         with self._lock:
             self.requests = []
             self.disconnects = 0
+            self.max_in_flight = self.in_flight
             self._replies = [Reply()]
 
     def wait_for(self, predicate: Any, timeout: float = 5.0) -> bool:
@@ -321,6 +324,16 @@ class FakeAnthropic:
         if scope["method"] != "POST" or scope["path"] != "/v1/messages":
             await self._send_json(send, 404, _error_body("not_found_error", "Not found"))
             return
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await self._answer(payload, receive, send)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    async def _answer(self, payload: Any, receive: Any, send: Any) -> None:
         reply = self._next_reply()
         request_id = f"req_fake_{next(self._ids)}"
         if reply.status != 200:

@@ -6,7 +6,8 @@ import asyncio
 import email.utils
 import math
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Final, Literal, cast
 
 import anthropic
@@ -29,6 +30,7 @@ from satapi.analyzers.prompts import (
 )
 from satapi.cpu import CpuRunner
 from satapi.errors import AIAuthError, AIBusy, AIError, InvalidRequest
+from satapi.limits import SlotLimiter
 
 _MediaType = Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
 
@@ -136,8 +138,10 @@ class ClaudeAnalyzer:
         max_tokens: int = 1500,
         max_long_edge: int = 1568,
         max_pixels: int = 1_150_000,
+        limiter: SlotLimiter | None = None,
     ) -> None:
         self._client = client
+        self._limiter = limiter
         self._model = model
         self._cpu = cpu
         self._max_tokens = max_tokens
@@ -160,12 +164,17 @@ class ClaudeAnalyzer:
         prepared = await asyncio.gather(*(self._prepare(image) for image in task.images))
         message_param: MessageParam = {"role": "user", "content": _user_content(task, prepared)}
         try:
-            async with self._client.messages.stream(
-                model=self._model,
-                max_tokens=self._max_tokens,
-                system=system_prompt_for(task),
-                messages=[message_param],
-            ) as stream:
+            # The permit covers the API call only (images are prepared before it) and is held
+            # until the reply has been read, however slowly the client consumes it.
+            async with (
+                self._permit(),
+                self._client.messages.stream(
+                    model=self._model,
+                    max_tokens=self._max_tokens,
+                    system=system_prompt_for(task),
+                    messages=[message_param],
+                ) as stream,
+            ):
                 # "text" events come only from `text` blocks, so thinking never leaks out.
                 async for event in stream:
                     if event.type == "text" and event.text:
@@ -187,6 +196,10 @@ class ClaudeAnalyzer:
             },
         )
 
+    def _permit(self) -> AbstractAsyncContextManager[float]:
+        """A permit of the AI cap (raises `AIBusy` when too many calls wait), or none."""
+        return self._limiter.slot() if self._limiter is not None else _no_permit()
+
     async def _prepare(self, image: ImageInput) -> PreparedImage:
         return await self._cpu.run(
             prepare_for_claude,
@@ -194,6 +207,11 @@ class ClaudeAnalyzer:
             max_long_edge=self._max_long_edge,
             max_pixels=self._max_pixels,
         )
+
+
+@asynccontextmanager
+async def _no_permit() -> AsyncIterator[float]:
+    yield 0.0
 
 
 def _user_content(

@@ -1,14 +1,15 @@
-"""The in-process limiter: asyncio semaphores for the global and per-provider caps."""
+"""The in-process limiters: asyncio semaphores for the WMS caps and for AI calls."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from satapi.errors import Overloaded
+from satapi.errors import Overloaded, SatapiError
 from satapi.limits import SlotStats
 
 
@@ -116,3 +117,86 @@ class LocalLimiter:
             provider.next_start = max(now, provider.next_start) + provider.min_interval_s
         if delay > 0:
             await asyncio.sleep(delay)
+
+
+# --- AI calls (issue 14) -------------------------------------------------------------------------
+
+# Called once per `slot()` with ("granted", seconds waited), ("shed", 0.0) or
+# ("cancelled", seconds waited): metrics' AI queue series.
+SlotObserver = Callable[[str, float], None]
+
+_MIN_RETRY_AFTER_S = 1
+_MAX_RETRY_AFTER_S = 60
+
+
+class LocalSlotLimiter:
+    """An in-process cap: at most `capacity` holders, at most `max_waiting` queued behind them.
+
+    A caller that finds the cap reached and `max_waiting` callers already queued gets `busy()`
+    (e.g. `AIBusy`, 503) with `retry_after` estimated from how long permits are held: the
+    queue ahead of it, divided among the permits, times the mean holding time (1-60 s).
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        max_waiting: int,
+        busy: Callable[[str, int], SatapiError],
+        observe: SlotObserver | None = None,
+    ) -> None:
+        self._semaphore = asyncio.Semaphore(capacity)
+        self._stats = SlotStats(capacity=capacity)
+        self._max_waiting = max_waiting
+        self._busy = busy
+        self._observe = observe
+        self._mean_hold_s = 0.0  # exponentially weighted mean of how long a permit is held
+
+    def stats(self) -> SlotStats:
+        """Permits held, callers waiting, the capacity and the most ever held at once."""
+        return self._stats
+
+    def retry_after(self) -> int:
+        """Seconds a refused caller should wait: the queue's expected drain time, 1-60 s."""
+        ahead = self._stats.waiting + 1
+        estimate = ahead / self._stats.capacity * self._mean_hold_s
+        return int(min(_MAX_RETRY_AFTER_S, max(_MIN_RETRY_AFTER_S, math.ceil(estimate))))
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[float]:
+        """Hold a permit; yields the seconds spent waiting for it."""
+        stats = self._stats
+        if self._semaphore.locked() and stats.waiting >= self._max_waiting:
+            self._notify("shed", 0.0)
+            raise self._busy(
+                "Too many AI analyses are running or waiting; try again shortly.",
+                self.retry_after(),
+            )
+        started = time.perf_counter()
+        stats.waiting += 1
+        try:
+            await self._semaphore.acquire()
+        except BaseException:
+            self._notify("cancelled", time.perf_counter() - started)
+            raise
+        finally:
+            stats.waiting -= 1
+        granted = time.perf_counter()
+        waited = granted - started
+        self._notify("granted", waited)
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        try:
+            yield waited
+        finally:
+            stats.in_flight -= 1
+            self._semaphore.release()
+            held = time.perf_counter() - granted
+            if self._mean_hold_s:
+                self._mean_hold_s = 0.9 * self._mean_hold_s + 0.1 * held
+            else:
+                self._mean_hold_s = held
+
+    def _notify(self, outcome: str, waited_s: float) -> None:
+        if self._observe is not None:
+            self._observe(outcome, waited_s)

@@ -97,6 +97,22 @@ class StoreCallFailed(Event):
     kind: str
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AiSlotSettled(Event):
+    """An AI call asked for a permit of the AI cap: `granted` after `waited_s`, `shed` (503
+    `ai_busy` at once, `waited_s` 0) or `cancelled` while it waited."""
+
+    outcome: str
+    waited_s: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoopLagSampled(Event):
+    """How late the event loop woke the lag sampler (`satapi.observability.looplag`)."""
+
+    lag_s: float
+
+
 def download_outcome(exc: BaseException) -> str:
     """The download outcome label for an exception raised while downloading."""
     if isinstance(exc, WMSServiceException):

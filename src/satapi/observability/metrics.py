@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from satapi.limits import SlotStats
 from satapi.observability.events import (
+    AiSlotSettled,
     AnalysisFinished,
     DownloadSettled,
     Event,
@@ -46,6 +47,10 @@ class _StoreSource(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
+class _SlotSource(Protocol):
+    def stats(self) -> SlotStats: ...
+
+
 class _FlightSource(Protocol):
     @property
     def downloads_in_progress(self) -> int: ...
@@ -57,6 +62,7 @@ class _Sources:
     store: _StoreSource | None
     images: _FlightSource | None
     loop: asyncio.AbstractEventLoop | None = field(default=None)
+    ai: _SlotSource | None = None
 
 
 class _StateCollector(Collector):
@@ -97,6 +103,18 @@ class _StateCollector(Collector):
                     value=sources.images.downloads_in_progress,
                 )
             )
+        if sources.ai is not None:
+            ai = sources.ai.stats()
+            for name, doc, value in (
+                (
+                    "in_flight",
+                    "AI calls running now (holding a permit of the AI cap).",
+                    ai.in_flight,
+                ),
+                ("waiting", "AI calls waiting for a permit of the AI cap now.", ai.waiting),
+                ("capacity", "The cap on concurrent AI calls (max_concurrent_ai).", ai.capacity),
+            ):
+                out.append(GaugeMetricFamily(f"satapi_ai_calls_{name}", doc, value=value))
         # A shared (S3) store reports no size: the bucket's size is the object store's to tell.
         if sources.store is not None and (store := sources.store.stats()):
             out.append(
@@ -201,6 +219,17 @@ class Metrics:
             ["operation", "kind"],
             registry=r,
         )
+        self.ai_queue_wait = Histogram(
+            "satapi_ai_queue_wait_seconds",
+            "Time AI calls waited for a permit of the AI cap (max_concurrent_ai).",
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.ai_shed = Counter(
+            "satapi_ai_shed",
+            "AI calls refused at once (503 ai_busy) because max_ai_waiting calls already waited.",
+            registry=r,
+        )
         self.analyses = Counter(
             "satapi_analyses",
             "Analyses by analyzer, model and outcome.",
@@ -234,13 +263,14 @@ class Metrics:
         limiter: _StatsSource,
         store: _StoreSource | None = None,
         images: _FlightSource | None = None,
+        ai: _SlotSource | None = None,
     ) -> None:
-        """Report the limiter's, the store's and the image service's state at each scrape."""
+        """Report the limiters', the store's and the image service's state at each scrape."""
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        self._sources = _Sources(limiter=limiter, store=store, images=images, loop=loop)
+        self._sources = _Sources(limiter=limiter, store=store, images=images, loop=loop, ai=ai)
 
     def unwatch(self) -> None:
         """Stop reporting state (the resources are closing)."""
@@ -283,6 +313,10 @@ class Metrics:
                 self.shed_requests.labels(provider).inc()
             case StoreCallFailed(operation=operation, kind=kind):
                 self.store_errors.labels(operation, kind).inc()
+            case AiSlotSettled(outcome="granted"):
+                self.ai_queue_wait.observe(event.waited_s)
+            case AiSlotSettled(outcome="shed"):
+                self.ai_shed.inc()
             case AnalysisFinished(analyzer=analyzer):
                 model_label = event.model or ""
                 self.analyses.labels(analyzer, model_label, event.outcome).inc()
