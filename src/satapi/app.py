@@ -22,8 +22,15 @@ from satapi.cpu import CpuRunner
 from satapi.imagery import ImageService
 from satapi.limits import SlotLimiter, make_ai_limiter, make_limiter
 from satapi.models import ErrorResponse
-from satapi.observability.events import NullObserver, Observer, Observers, StoreCallFailed
+from satapi.observability.events import (
+    LoopLagSampled,
+    NullObserver,
+    Observer,
+    Observers,
+    StoreCallFailed,
+)
 from satapi.observability.logs import LogObserver, setup_logging
+from satapi.observability.looplag import lag_sampler
 from satapi.observability.metrics import Metrics
 from satapi.providers.netguard import GuardedNetworkBackend, Resolver, system_resolver
 from satapi.providers.transport import ShardedTransport
@@ -199,7 +206,10 @@ def create_app(
         undo_signals = (
             _watch_signals(shutdown, delay_s=settings.shutdown_delay_s) if watch_signals else None
         )
-        async with open_resources(settings, observer=observer) as resources:
+        async with (
+            open_resources(settings, observer=observer) as resources,
+            lag_sampler(lambda lag_s: observer.observe(LoopLagSampled(lag_s=lag_s))),
+        ):
             app.state.resources = resources
             metrics.watch(
                 resources.limiter, resources.store, resources.images, ai=resources.ai_limiter

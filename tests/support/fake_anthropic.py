@@ -26,8 +26,9 @@ class Reply:
 
     `status` 200 gives a message (JSON, or SSE when the request has `"stream": true`) made of an
     optional `thinking` block and a text block whose deltas are `text` (in order, `delay` seconds
-    apart). Any other status gives an error body `{"type": "error", "error": {...}}` with
-    `error_type`, plus `headers` (e.g. `retry-after`). `error_after=N` sends an SSE
+    apart; a non-streamed answer comes after the same total delay). Any other status gives an
+    error body `{"type": "error", "error": {...}}` with `error_type`, plus `headers` (e.g.
+    `retry-after`). `error_after=N` sends an SSE
     `event: error` of `stream_error_type` after N text deltas; `drop_after=N` kills the connection
     after N text deltas.
     """
@@ -346,6 +347,9 @@ class FakeAnthropic:
         elif isinstance(payload, dict) and payload.get("stream"):
             await self._stream(reply, request_id, receive, send)
         else:
+            # A whole (non-streamed) answer takes as long as the streamed one would.
+            if reply.delay and len(reply.text) > 1:
+                await asyncio.sleep(reply.delay * (len(reply.text) - 1))
             await self._send_json(
                 send,
                 200,

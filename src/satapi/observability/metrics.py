@@ -25,6 +25,7 @@ from satapi.observability.events import (
     AnalysisFinished,
     DownloadSettled,
     Event,
+    LoopLagSampled,
     RequestFinished,
     Shed,
     StoreCallFailed,
@@ -34,6 +35,7 @@ HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 DOWNLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
 QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 ANALYSIS_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Outcomes of an image request that involved a download of its own (not a hit or a share).
 TRANSFER_OUTCOMES = frozenset({"ok", "wms_exception", "timeout", "error", "cancelled"})
@@ -219,6 +221,12 @@ class Metrics:
             ["operation", "kind"],
             registry=r,
         )
+        self.event_loop_lag = Histogram(
+            "satapi_event_loop_lag_seconds",
+            "How late the event loop woke a task sleeping 50 ms (starvation), sampled 20x/s.",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
+        )
         self.ai_queue_wait = Histogram(
             "satapi_ai_queue_wait_seconds",
             "Time AI calls waited for a permit of the AI cap (max_concurrent_ai).",
@@ -313,6 +321,8 @@ class Metrics:
                 self.shed_requests.labels(provider).inc()
             case StoreCallFailed(operation=operation, kind=kind):
                 self.store_errors.labels(operation, kind).inc()
+            case LoopLagSampled(lag_s=lag_s):
+                self.event_loop_lag.observe(lag_s)
             case AiSlotSettled(outcome="granted"):
                 self.ai_queue_wait.observe(event.waited_s)
             case AiSlotSettled(outcome="shed"):
