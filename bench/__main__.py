@@ -12,7 +12,8 @@ Usage::
 
 Scenarios (``bench/scenarios.py``): 0 HTTP client micro-benchmark (httpx 0.28, httpx2,
 aiohttp); 1 ``POST /api/images`` at C = 10..1000; 2 local vision analysis; 3 comparison
-download; 4 single flight and cache hits; 5 peak RSS under 100 concurrent 4096² downloads.
+download; 4 single flight and cache hits; 5 peak RSS under 100 concurrent 4096² downloads;
+6 download + Claude against a fake Messages API (``bench/fake_ai.py``, 3 s streamed answer).
 
 A full run of every scenario writes ``bench/RESULTS.md``, ``bench/throughput.png`` and
 ``bench/results.json`` (the numbers behind them); other

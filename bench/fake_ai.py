@@ -19,20 +19,21 @@ import argparse
 import json
 import sys
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-# Run from the repository root (as `python -m`, like every bench process), so `tests` imports.
-from tests.support.fake_anthropic import FakeAnthropic, Reply
+if TYPE_CHECKING:
+    from tests.support.fake_anthropic import Reply
 
 MODEL = "claude-bench-fake"
 
 
 def reply_for(latency: float, chunks: int) -> Reply:
     """`chunks` deltas, `latency` seconds from the first to the last (a plausible description)."""
-    words = [
-        f"Sentence {i + 1} of a plausible description of fields and a river. "
-        for i in range(chunks)
-    ]
+    # Imported here: only the fake's own process needs it (run from the repository root, as
+    # every bench process is, so `tests` is importable).
+    from tests.support.fake_anthropic import Reply
+
+    words = [f"Sentence {i + 1} of a description of fields and a river. " for i in range(chunks)]
     return Reply(text=words, delay=latency / max(1, chunks - 1), model=MODEL, input_tokens=900)
 
 
@@ -40,6 +41,8 @@ class BenchFakeAI:
     """ASGI app: the fake Messages API plus /healthz, /_stats and /_reset."""
 
     def __init__(self, latency: float, chunks: int) -> None:
+        from tests.support.fake_anthropic import FakeAnthropic
+
         self.fake = FakeAnthropic()
         self.fake.script(reply_for(latency, chunks))
         self.served = 0

@@ -163,6 +163,18 @@ def _health(pt: dict[str, Any]) -> str:
     )
 
 
+def _lag(pt: dict[str, Any]) -> str:
+    """satapi's event-loop lag during the load (bucket upper bounds), for one process."""
+    lag = pt.get("loop_lag")
+    if not lag or not lag.get("n"):
+        return "–"
+
+    def bound(ms: float | None) -> str:
+        return "> 5,000" if ms is None else f"≤ {_num(ms)}"
+
+    return f"{bound(lag['p50_ms'])} / {bound(lag['p99_ms'])} ({bound(lag['max_ms'])}), n={lag['n']}"
+
+
 def _point_row(pt: dict[str, Any], ratios: str) -> list[str]:
     up = pt.get("upstream") or {}
     return [
@@ -172,6 +184,7 @@ def _point_row(pt: dict[str, Any], ratios: str) -> list[str]:
         ratios,
         f"{_num(pt['latency_p50_ms'], 0)} / {_num(pt['latency_p99_ms'], 0)}",
         _health(pt),
+        _lag(pt),
         str(up.get("max_in_flight", "–")),
         _num(pt.get("server_cpu_s"), 2),
         _note(pt),
@@ -185,6 +198,7 @@ POINT_HEADERS = [
     "satapi ÷ system",
     "latency p50 / p99 ms",
     "/healthz p50 / p99 (max) ms, probes",
+    "event-loop lag p50 / p99 (max) ms",
     "upstream max in flight",
     "server CPU s",
     "notes",
@@ -352,6 +366,45 @@ def _scenario5(sc: dict[str, Any]) -> list[str]:
     ]
 
 
+def _scenario6(sc: dict[str, Any]) -> list[str]:
+    p = sc["params"]
+    request_s = p["wms_latency_s"] + p["ai_latency_s"]
+    lines = [
+        f"Distinct {p['size']}x{p['size']} PNGs, WMS upstream latency {p['wms_latency_s']:g} s, "
+        f"then `analyzer: claude` against a fake Messages API in its own process "
+        f"(`bench/fake_ai.py`) that streams {p['ai_chunks']} text deltas over "
+        f"{p['ai_latency_s']:g} s (the baseline's non-streamed call gets the whole answer after "
+        f"the same time). satapi prepares the image, holds an AI permit "
+        f"(`max_concurrent_ai` = {p['ai_cap']}, and {p['capped_cap']} in the last row, "
+        f"N = {p['capped_total']}; the default is 16) and streams the call with the async "
+        "SDK; the baseline downloads through its pool, then calls the `anthropic` SDK "
+        f"synchronously in the request thread. Ideal: min(C, cap) / {request_s:g} s. "
+        f"N = 2 × C. Baseline loads stop after {p['baseline_time_limit_s']:g} s. "
+        "`AI max in flight` is what the fake API saw.",
+        "",
+    ]
+    by_c: dict[int, list[dict[str, Any]]] = {}
+    for pt in sc["points"]:
+        by_c.setdefault(pt["concurrency"], []).append(pt)
+    headers = [*POINT_HEADERS[:-2], "AI max in flight", "server CPU s", "notes"]
+    headers[0] = "system (AI cap)"
+    for c, group in by_c.items():
+        ref = next((pt for pt in group if pt["system"] == "satapi"), None)
+        rows = []
+        for pt in group:
+            if ref is None or pt is ref or not pt["rps"]:
+                ratios = "1x" if pt is ref else "–"
+            else:
+                ratios = _x(ref["rps"] / pt["rps"])
+            row = _point_row(pt, ratios)
+            if pt.get("ai_cap"):
+                row[0] += f" ({pt['ai_cap']})"
+            row.insert(-2, str((pt.get("ai") or {}).get("max_in_flight", "–")))
+            rows.append(row)
+        lines += [f"**C = {c}**", "", *_table(headers, rows), ""]
+    return lines
+
+
 def _describe(sc: dict[str, Any]) -> list[str]:
     p = sc["params"]
     if sc["id"] == 1:
@@ -457,6 +510,8 @@ def render(run: dict[str, Any], chart_name: str | None) -> str:
             lines += _scenario4(sc)
         elif sc["id"] == 5:
             lines += _scenario5(sc)
+        elif sc["id"] == 6:
+            lines += _scenario6(sc)
         else:
             lines += _describe(sc)
             lines += _points_table(sc["points"])
@@ -472,6 +527,7 @@ def render(run: dict[str, Any], chart_name: str | None) -> str:
         ".venv/bin/python -m bench --smoke   # every scenario, tiny, < 30 s, into bench/out/",
         ".venv/bin/python -m bench --only 2 --py-spy   # py-spy profiles into bench/out/",
         ".venv/bin/python -m bench.hitcost   # in-process CPU of /healthz and a cache hit",
+        ".venv/bin/python -m bench.analyzercost   # in-process CPU of the local analyzer's steps",
         "```",
         "",
     ]

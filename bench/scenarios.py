@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,6 +39,9 @@ from typing import Any
 
 from bench.baseline.run import start_baseline
 from bench.driver import LoadResult, RequestSpec, percentiles, run_load_sync, tree_cpu_seconds
+from bench.fake_ai import command as fake_ai_command
+from bench.fake_ai import fetch_stats as fetch_ai_stats
+from bench.fake_ai import reset_stats as reset_ai_stats
 from bench.procs import OUT_DIR, REPO_ROOT, ServerProcess, free_port
 from bench.upstream import fetch_stats, reset_stats, upstream_command
 
@@ -94,6 +98,16 @@ class Profile:
     s5_time_limit: float = 150.0
     s5_baseline_time_limit: float = 25.0
     rss_goal_mb: float = 250.0
+    # 6: download + Claude (fake Messages API in its own process)
+    s6_wms_latency: float = 0.5
+    s6_ai_latency: float = 3.0  # first to last streamed text delta
+    s6_ai_chunks: int = 10
+    s6_concurrency: tuple[int, ...] = (50, 200)
+    s6_size: int = 512
+    s6_n_per_c: int = 2
+    s6_capped_cap: int = 16  # the default max_concurrent_ai, shown at the highest C
+    s6_capped_total: int = 64
+    s6_baseline_time_limit: float = 15.0
 
     def s1_total(self, concurrency: int) -> int:
         return min(max(self.s1_n_per_c * concurrency, self.s1_n_min), self.s1_n_max)
@@ -133,6 +147,14 @@ SMOKE = Profile(
     s5_concurrency=4,
     s5_time_limit=20.0,
     s5_baseline_time_limit=5.0,
+    s6_wms_latency=0.05,
+    s6_ai_latency=0.2,
+    s6_ai_chunks=3,
+    s6_concurrency=(4,),
+    s6_size=64,
+    s6_capped_cap=2,
+    s6_capped_total=8,
+    s6_baseline_time_limit=3.0,
 )
 
 
@@ -143,10 +165,37 @@ def base_of(proc: ServerProcess) -> str:
     return proc.ready_url.removesuffix("/healthz")
 
 
-def satapi_toml(upstream_url: str, data_dir: Path, cap: int) -> str:
+@dataclass(frozen=True)
+class AiSetup:
+    """Scenario 6: the servers call Claude at ``base_url`` (``bench.fake_ai``), at most ``cap``
+    calls at once (satapi's ``max_concurrent_ai``; the baseline has no such cap)."""
+
+    base_url: str
+    cap: int
+
+    def toml(self) -> str:
+        return (
+            f'anthropic_api_key = "{FAKE_AI_KEY}"\n'
+            f'anthropic_base_url = "{self.base_url}"\n'
+            "anthropic_max_retries = 0\n"
+            f"max_concurrent_ai = {self.cap}\n"
+            "max_ai_waiting = 100000\n"
+        )
+
+    def baseline_env(self) -> dict[str, str]:
+        return {
+            "BASELINE_ANTHROPIC_BASE_URL": self.base_url,
+            "BASELINE_ANTHROPIC_API_KEY": FAKE_AI_KEY,
+        }
+
+
+FAKE_AI_KEY = "sk-ant-bench-fake-key"
+
+
+def satapi_toml(upstream_url: str, data_dir: Path, cap: int, ai: AiSetup | None = None) -> str:
     """satapi settings: the upstream as the only (default) provider, limits at ``cap``."""
     return f"""# written by bench.scenarios
-data_dir = "{data_dir}"
+{ai.toml() if ai else ""}data_dir = "{data_dir}"
 default_provider = "bench"
 max_concurrent_wms = {cap}
 max_waiting = 100000
@@ -176,7 +225,8 @@ class Fleet:
         self.log = log
         self.root = Path(tempfile.mkdtemp(prefix="satapi-bench-"))
         self._upstreams: dict[float, ServerProcess] = {}
-        self._shared: dict[tuple[str, str], ServerProcess] = {}
+        self._fake_ais: dict[float, ServerProcess] = {}
+        self._shared: dict[tuple[str, str, AiSetup | None], ServerProcess] = {}
         self._data: dict[int, Path] = {}
         self._dirty: set[int] = set()
 
@@ -189,7 +239,18 @@ class Fleet:
             self._upstreams[latency] = proc.start()
         return self._upstreams[latency]
 
-    def _start(self, system: str, upstream: ServerProcess) -> ServerProcess:
+    def fake_ai(self, latency: float, chunks: int) -> ServerProcess:
+        """The fake Messages API answering in ``latency`` s (one per latency, alive all run)."""
+        if latency not in self._fake_ais:
+            port = free_port()
+            cmd = fake_ai_command(port, latency, chunks)
+            proc = ServerProcess(f"fake-ai-{port}", cmd, f"http://127.0.0.1:{port}/healthz")
+            self._fake_ais[latency] = proc.start()
+        return self._fake_ais[latency]
+
+    def _start(
+        self, system: str, upstream: ServerProcess, ai: AiSetup | None = None
+    ) -> ServerProcess:
         wms_url = f"{base_of(upstream)}/wms"
         port = free_port()
         data = self.root / f"{system}-{port}"
@@ -197,11 +258,14 @@ class Fleet:
         if system.startswith("baseline-"):
             kind = system.removeprefix("baseline-")
             workers = os.cpu_count() or 2
-            proc = start_baseline(kind, wms_url, port=port, data_dir=data, workers=workers)
+            extra = ai.baseline_env() if ai else None
+            proc = start_baseline(
+                kind, wms_url, port=port, data_dir=data, workers=workers, extra_env=extra
+            )
         else:
             workers = 2 if system == "satapi-2w" else 1
             config = data / "satapi.toml"
-            config.write_text(satapi_toml(wms_url, data / "data", self.profile.cap))
+            config.write_text(satapi_toml(wms_url, data / "data", self.profile.cap, ai))
             cmd = [sys.executable, "-m", "satapi", "serve", "--host", "127.0.0.1"]
             cmd += ["--port", str(port), "--workers", str(workers), "--graceful-timeout", "2"]
             proc = ServerProcess(
@@ -221,64 +285,70 @@ class Fleet:
         if data is not None:
             shutil.rmtree(data, ignore_errors=True)  # the next server starts cold
 
-    def prestart(self, systems: tuple[str, ...], upstream: ServerProcess) -> None:
+    def prestart(
+        self, systems: tuple[str, ...], upstream: ServerProcess, ai: AiSetup | None = None
+    ) -> None:
         """Shared mode: start these servers now, in parallel (the smoke run's start-up time)."""
         if self.profile.fresh_servers:
             return
-        missing = [s for s in systems if (s, upstream.ready_url) not in self._shared]
+        missing = [s for s in systems if (s, upstream.ready_url, ai) not in self._shared]
         if not missing:
             return
         with ThreadPoolExecutor(max_workers=len(missing)) as pool:
-            started = list(pool.map(lambda s: self._start(s, upstream), missing))
+            started = list(pool.map(lambda s: self._start(s, upstream, ai), missing))
         for system, proc in zip(missing, started, strict=True):
-            self._shared[(system, upstream.ready_url)] = proc
+            self._shared[(system, upstream.ready_url, ai)] = proc
 
     @contextlib.contextmanager
-    def server(self, system: str, upstream: ServerProcess) -> Iterator[ServerProcess]:
+    def server(
+        self, system: str, upstream: ServerProcess, ai: AiSetup | None = None
+    ) -> Iterator[ServerProcess]:
         """A running server of ``system`` whose WMS is ``upstream``.
 
         Full profile: a new one, stopped (and its data wiped) afterwards. Smoke profile: a
         shared one, replaced after the block only if it raised or a load hit its time limit.
         """
         if self.profile.fresh_servers:
-            proc = self._start(system, upstream)
+            proc = self._start(system, upstream, ai)
             try:
                 yield proc
             finally:
                 self._stop(proc)
             return
-        key = (system, upstream.ready_url)
+        key = (system, upstream.ready_url, ai)
         if key not in self._shared:
-            self._shared[key] = self._start(system, upstream)
+            self._shared[key] = self._start(system, upstream, ai)
         proc = self._shared[key]
         try:
             yield proc
         except BaseException:
-            self.discard(system, upstream)
+            self.discard(system, upstream, ai)
             raise
         if proc.pid in self._dirty:
-            self.discard(system, upstream)
+            self.discard(system, upstream, ai)
 
     def mark_dirty(self, proc: ServerProcess) -> None:
         """Shared mode: replace this server before its next use (a load hit its time limit)."""
         self._dirty.add(proc.pid)
 
-    def discard(self, system: str, upstream: ServerProcess) -> None:
+    def discard(self, system: str, upstream: ServerProcess, ai: AiSetup | None = None) -> None:
         """Shared mode: stop a server (it may still be busy with abandoned requests)."""
-        proc = self._shared.pop((system, upstream.ready_url), None)
+        proc = self._shared.pop((system, upstream.ready_url, ai), None)
         if proc is not None:
             self._stop(proc)
 
     def alive(self) -> list[ServerProcess]:
         """The upstreams and shared servers running now (for CPU accounting)."""
-        return [*self._upstreams.values(), *self._shared.values()]
+        return [*self._upstreams.values(), *self._fake_ais.values(), *self._shared.values()]
 
     def close(self) -> None:
-        for proc in [*self._shared.values(), *self._upstreams.values()]:
+        procs = [*self._shared.values(), *self._upstreams.values(), *self._fake_ais.values()]
+        for proc in procs:
             with contextlib.suppress(Exception):
                 self._stop(proc)
         self._shared.clear()
         self._upstreams.clear()
+        self._fake_ais.clear()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -394,10 +464,19 @@ def load(
     upstream: ServerProcess | None = None,
     rss_interval: float = 0.2,
     spy_name: str | None = None,
+    ai: ServerProcess | None = None,
 ) -> dict[str, Any]:
-    """Send ``requests`` (each once) at ``concurrency``; the point's compact record."""
+    """Send ``requests`` (each once) at ``concurrency``; the point's compact record.
+
+    For one satapi process the record also has ``loop_lag``, the load's share of its
+    ``satapi_event_loop_lag_seconds`` histogram; with ``ai`` (the fake Messages API), ``ai``,
+    its counters for the load (``max_in_flight``: Claude calls answered at once).
+    """
     if upstream is not None:
         reset_stats(base_of(upstream))
+    if ai is not None:
+        reset_ai_stats(base_of(ai))
+    lag_before = lag_buckets(base_of(proc)) if system == "satapi" else None
     up_cpu0 = tree_cpu_seconds(upstream.pid) if upstream is not None else 0.0
     with py_spy(env, proc, spy_name):
         result = run_load_sync(
@@ -411,6 +490,10 @@ def load(
             rss_interval=rss_interval,
         )
     point = compact(result, system)
+    point["loop_lag"] = None
+    if lag_before is not None:
+        point["loop_lag"] = lag_summary(lag_before, lag_buckets(base_of(proc)))
+    point["ai"] = fetch_ai_stats(base_of(ai)) if ai is not None else None
     point["upstream"] = None
     point["upstream_cpu_s"] = None
     if upstream is not None:
@@ -423,6 +506,51 @@ def load(
     if result.hit_time_limit:
         env.fleet.mark_dirty(proc)  # it may still be busy with abandoned requests
     return point
+
+
+_LAG_BUCKET = re.compile(r'^satapi_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
+
+
+def lag_buckets(base: str) -> dict[float, float] | None:
+    """The cumulative buckets of satapi's event-loop lag histogram now (None if unavailable)."""
+    try:
+        with _opener().open(f"{base}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    found = {float(le): float(n) for le, n in _LAG_BUCKET.findall(text)}
+    return found or None
+
+
+def lag_summary(
+    before: dict[float, float] | None, after: dict[float, float] | None
+) -> dict[str, Any] | None:
+    """The samples taken between two scrapes: how many, and the bucket bounds of p50, p99, max.
+
+    Upper bounds (a sample in the bucket ``le=0.05`` was at most 50 ms late); ``inf`` means
+    beyond the largest bucket.
+    """
+    if before is None or after is None:
+        return None
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]  # cumulative
+    n = counts[-1] if counts else 0
+    if n <= 0:
+        return {"n": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
+
+    def bound(q: float) -> float | None:
+        for b, c in zip(bounds, counts, strict=True):
+            if c >= q * n:
+                return None if b == float("inf") else round(b * 1000, 1)
+        return None
+
+    top = next(b for b, c in zip(bounds, counts, strict=True) if c >= n)
+    return {
+        "n": int(n),
+        "p50_ms": bound(0.5),
+        "p99_ms": bound(0.99),
+        "max_ms": None if top == float("inf") else round(top * 1000, 1),
+    }
 
 
 def _indent(text: str) -> str:
@@ -945,6 +1073,127 @@ def scenario5(env: Env) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- scenario 6
+
+
+def scenario6(env: Env) -> dict[str, Any]:
+    """Download + Claude: POST /api/vision/analyze_satellite against a fake Messages API."""
+    p = env.profile
+    up = env.fleet.upstream(p.s6_wms_latency)
+    fake = env.fleet.fake_ai(p.s6_ai_latency, p.s6_ai_chunks)
+    ai = AiSetup(base_of(fake), p.cap)
+    capped = AiSetup(base_of(fake), p.s6_capped_cap)
+    systems = env.want(("satapi", *BASELINES))
+    env.fleet.prestart(systems, up, ai)
+    warm_scene(up, p.s6_size)
+    request_s = p.s6_wms_latency + p.s6_ai_latency  # one request's ideal duration
+    points: list[dict[str, Any]] = []
+    targets: list[dict[str, Any]] = []
+
+    def run(system: str, setup: AiSetup, c: int, n: int, label: str) -> dict[str, Any]:
+        bodies = _post(
+            "/api/vision/analyze_satellite",
+            [env.image_body(p.s6_size, analyzer="claude") for _ in range(n)],
+        )
+        satapi = system.startswith("satapi")
+        waves = -(-n // max(1, min(c, setup.cap)))
+        limit = 2.0 * waves * request_s + 20.0 if satapi else p.s6_baseline_time_limit
+        env.log(f"  S6 {system} C={c} N={n} AI cap {setup.cap} (limit {limit:g}s)")
+        with env.fleet.server(system, up, setup) as proc:
+            point = load(
+                env,
+                proc,
+                system,
+                bodies,
+                concurrency=c,
+                time_limit=limit,
+                label=label,
+                upstream=up,
+                ai=fake,
+                spy_name=f"s6-c{c}-{system}-ai{setup.cap}" if satapi else None,
+            )
+        point["ai_cap"] = setup.cap if satapi else None
+        if point["ai"] is not None:
+            env.log(f"    fake AI: {point['ai']}")
+        points.append(point)
+        return point
+
+    for c in p.s6_concurrency:
+        n = max(p.s6_n_per_c * c, 8)
+        by = {system: run(system, ai, c, n, f"S6 C={c}") for system in systems}
+        if "satapi" not in by:
+            continue
+        sat = by["satapi"]
+        goal = 0.9 * min(c, ai.cap) / request_s
+        targets.append(
+            target(
+                f"6 satapi C={c}: throughput",
+                f"{sat['rps']} req/s ({_share(sat['rps'], goal / 0.9)} of "
+                f"{min(c, ai.cap) / request_s:.3g})",
+                f"≥ {goal:.3g} req/s (0.9 × min(C, max_concurrent_ai {ai.cap}) / "
+                f"({p.s6_wms_latency:g} + {p.s6_ai_latency:g} s))",
+                sat["rps"] is not None and sat["rps"] >= goal and sat["ok"] == sat["total"],
+            )
+        )
+        targets.append(health_target("6", sat))
+        if c == max(p.s6_concurrency) and "baseline-gthread" in by:
+            x = ratio(sat["rps"], by["baseline-gthread"]["rps"])
+            sat["x_baseline-gthread"] = x
+            targets.append(
+                target(
+                    f"6 satapi C={c}: vs baseline-gthread",
+                    f"{x}x ({sat['rps']} vs {by['baseline-gthread']['rps']} req/s)",
+                    "≥ 10x",
+                    x is not None and x >= 10.0,
+                )
+            )
+    if "satapi" in systems:
+        # The default cap: the fake sees at most that many calls at once, and throughput is
+        # what the cap allows.
+        c = max(p.s6_concurrency)
+        pt = run("satapi", capped, c, p.s6_capped_total, f"S6 C={c} capped")
+        seen = (pt["ai"] or {}).get("max_in_flight")
+        targets.append(
+            target(
+                f"6 satapi C={c}, max_concurrent_ai {capped.cap}: AI calls in flight",
+                f"max {seen}",
+                f"= cap {capped.cap}",
+                seen == capped.cap,
+            )
+        )
+        goal = 0.9 * min(c, capped.cap) / request_s
+        targets.append(
+            target(
+                f"6 satapi C={c}, max_concurrent_ai {capped.cap}: throughput",
+                f"{pt['rps']} req/s",
+                f"≥ {goal:.3g} req/s (0.9 × {capped.cap} / {request_s:g} s)",
+                pt["rps"] is not None and pt["rps"] >= goal and pt["ok"] == pt["total"],
+            )
+        )
+        targets.append(health_target("6 (capped)", pt))
+    return {
+        "id": 6,
+        "title": "POST /api/vision/analyze_satellite with Claude (download + AI call)",
+        "params": {
+            "wms_latency_s": p.s6_wms_latency,
+            "ai_latency_s": p.s6_ai_latency,
+            "ai_chunks": p.s6_ai_chunks,
+            "size": p.s6_size,
+            "concurrency": list(p.s6_concurrency),
+            "ai_cap": ai.cap,
+            "capped_cap": capped.cap,
+            "capped_total": p.s6_capped_total,
+            "baseline_time_limit_s": p.s6_baseline_time_limit,
+        },
+        "points": points,
+        "targets": targets,
+    }
+
+
+def _share(value: float | None, ideal: float) -> str:
+    return "–" if value is None or not ideal else f"{value / ideal:.0%}"
+
+
 SCENARIOS: dict[int, Callable[[Env], dict[str, Any]]] = {
     0: scenario0,
     1: scenario1,
@@ -952,4 +1201,5 @@ SCENARIOS: dict[int, Callable[[Env], dict[str, Any]]] = {
     3: scenario3,
     4: scenario4,
     5: scenario5,
+    6: scenario6,
 }

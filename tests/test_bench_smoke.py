@@ -58,7 +58,7 @@ def test_smoke_has_a_result_for_every_scenario(
     run = json.loads((out / "results.json").read_text())
     assert run["profile"] == "smoke"
     scenarios = {sc["id"]: sc for sc in run["scenarios"]}
-    assert sorted(scenarios) == [0, 1, 2, 3, 4, 5]
+    assert sorted(scenarios) == [0, 1, 2, 3, 4, 5, 6]
     for sid, sc in scenarios.items():
         assert "error" not in sc, f"scenario {sid}: {sc.get('traceback')}"
         assert sc["targets"], f"scenario {sid} evaluated no target"
@@ -68,7 +68,7 @@ def test_smoke_has_a_result_for_every_scenario(
     assert {row["client"] for row in scenarios[0]["clients"]} == {"httpx", "httpx2", "aiohttp"}
     assert all(row["ok"] > 0 for row in scenarios[0]["clients"])
 
-    for sid in (1, 2, 3, 5):
+    for sid in (1, 2, 3, 5, 6):
         systems = {pt["system"] for pt in scenarios[sid]["points"]}
         assert "satapi" in systems and {"baseline-sync", "baseline-gthread"} <= systems
         for pt in scenarios[sid]["points"]:
@@ -83,6 +83,20 @@ def test_smoke_has_a_result_for_every_scenario(
     assert satapi["second"]["upstream"]["served"] == 0
     assert satapi["cached_after"] is True
     assert satapi["hits"]["ok"] > 0 and satapi["healthz"]["ok"] > 0
+
+    # Scenario 6: every system made its Claude calls (as the fake API counted them), and
+    # satapi's AI cap held in the capped row.
+    six = scenarios[6]
+    for pt in six["points"]:
+        assert pt["ai"]["served"] >= pt["ok"] > 0, pt
+    capped = [pt for pt in six["points"] if pt.get("ai_cap") == six["params"]["capped_cap"]]
+    assert len(capped) == 1 and capped[0]["ai"]["max_in_flight"] == six["params"]["capped_cap"]
+    # The event-loop lag histogram is scraped around every single-process satapi load.
+    for sid in (1, 2, 6):
+        for pt in scenarios[sid]["points"]:
+            if pt["system"] == "satapi":
+                assert pt["loop_lag"]["n"] > 0, (sid, pt["loop_lag"])
+    assert "event-loop lag" in (out / "RESULTS.md").read_text()
 
 
 def test_hitcost_measures_both_requests() -> None:

@@ -20,6 +20,11 @@ Routes (same paths and JSON bodies as satapi)
     Same body plus ``"analyzer": "local"``; downloads, then a numpy pixel pass in the request
     thread -> 200 ``{"id", "bytes", "analyzer": "local", "metrics": {"mean_rgb", "green_fraction",
     "water_fraction", "brightness"}}``.
+    With ``"analyzer": "claude"``: downloads, then calls the ``anthropic`` SDK synchronously in
+    the request thread (``messages.create`` with the image as base64 and the prompt, as the old
+    app did) -> 200 ``{"id", "bytes", "analyzer": "claude", "model", "text"}``. The API is
+    ``BASELINE_ANTHROPIC_BASE_URL`` with ``BASELINE_ANTHROPIC_API_KEY`` (the benchmark points it
+    at ``bench.fake_ai``); an API failure is 502.
 ``POST /api/comparison/download``
     Same body plus ``"before": {"time"}, "after": {"time"}``; downloads before, then after
     (sequentially through the pool) -> 201 ``{"before": {...}, "after": {...}}``.
@@ -37,6 +42,7 @@ at most 5 downloads per worker run at once whatever ``--threads`` says.
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import tempfile
@@ -213,14 +219,73 @@ def images() -> tuple[Any, int]:
     return jsonify(public(download(req))), 201
 
 
+_claude_client: Any = None
+
+
+def claude_client() -> Any:
+    """The module's one synchronous SDK client (thread-safe), made on first use."""
+    global _claude_client
+    if _claude_client is None:
+        import anthropic
+
+        _claude_client = anthropic.Anthropic(
+            api_key=os.environ.get("BASELINE_ANTHROPIC_API_KEY", ""),
+            base_url=os.environ.get("BASELINE_ANTHROPIC_BASE_URL") or None,
+            max_retries=0,
+            timeout=120.0,
+        )
+    return _claude_client
+
+
+def claude_describe(data: bytes, content_type: str, prompt: str | None) -> tuple[str, str]:
+    """The old app's Claude call: blocks the request thread until the whole answer is in."""
+    import anthropic
+
+    try:
+        message = claude_client().messages.create(
+            model=os.environ.get("BASELINE_ANTHROPIC_MODEL", "claude-sonnet-5-5"),
+            max_tokens=1500,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image",
+                            "source": {
+                                "type": "base64",
+                                "media_type": content_type,
+                                "data": base64.b64encode(data).decode(),
+                            },
+                        },
+                        {"type": "text", "text": prompt or "Describe this satellite image."},
+                    ],
+                }
+            ],
+        )
+    except anthropic.AnthropicError as exc:
+        raise UpstreamError(f"Claude failed: {type(exc).__name__}") from exc
+    text = "".join(block.text for block in message.content if block.type == "text")
+    return message.model, text
+
+
+if os.environ.get("BASELINE_ANTHROPIC_BASE_URL"):
+    claude_client()  # the old app built its client at import (the SDK takes ~2 s to import)
+
+
 @app.post("/api/vision/analyze_satellite")
 def analyze_satellite() -> Any:
     body: Any = request.get_json(silent=True)
     req = parse_image_request(body)
     analyzer = body.get("analyzer", "local")
-    if analyzer != "local":
-        raise InvalidBody("the baseline only has the local analyzer")
+    if analyzer not in ("local", "claude"):
+        raise InvalidBody("the baseline has the local and the claude analyzers")
     record = download(req)
+    if analyzer == "claude":
+        data, content_type = record["_content"], record["content_type"]
+        model, text = claude_describe(data, content_type, body.get("prompt"))
+        return jsonify(
+            id=record["id"], bytes=record["bytes"], analyzer="claude", model=model, text=text
+        )
     return jsonify(
         id=record["id"],
         bytes=record["bytes"],

@@ -86,15 +86,19 @@ def start_baseline(
     data_dir: Path | str | None = None,
     workers: int = 2,
     threads: int = 8,
+    extra_env: dict[str, str] | None = None,
 ) -> ServerProcess:
-    """Start the baseline under gunicorn and wait until ``/healthz`` answers."""
+    """Start the baseline under gunicorn and wait until ``/healthz`` answers.
+
+    ``extra_env``: e.g. ``BASELINE_ANTHROPIC_BASE_URL`` / ``_API_KEY`` for the Claude route.
+    """
     port = port or free_port()
     cmd = gunicorn_command(kind, port, workers=workers, threads=threads)
     proc = ServerProcess(
         f"baseline-{kind}-{port}",
         cmd,
         f"http://127.0.0.1:{port}/healthz",
-        env=baseline_env(wms_url, data_dir),
+        env={**baseline_env(wms_url, data_dir), **(extra_env or {})},
     )
     return proc.start()
 
