@@ -139,6 +139,12 @@ def _table(headers: list[str], rows: Iterable[list[str]]) -> list[str]:
 
 def _note(pt: dict[str, Any]) -> str:
     parts = []
+    if pt.get("cpu_limit_rps"):
+        share = (pt["rps"] or 0.0) / pt["cpu_limit_rps"]
+        parts.append(
+            f"{pt['cpu_ms_per_request']:g} ms CPU/request: CPU limit {_num(pt['cpu_limit_rps'])} "
+            f"req/s, reached {share:.0%}"
+        )
     if pt.get("hit_time_limit"):
         unfinished = pt["cancelled"] + pt["not_started"]
         parts.append(f"time limit {pt['time_limit_s']:g} s: {unfinished} unfinished")
@@ -420,7 +426,9 @@ def _describe(sc: dict[str, Any]) -> list[str]:
             f"Distinct {p['size']}x{p['size']} PNGs, upstream latency {p['latency_s']:g} s, "
             "`analyzer: local` (download, verify, decode, pixel statistics, save the result). "
             "N = 2 × C. Baseline loads stop after "
-            f"{p['baseline_time_limit_s']:g} s.",
+            f"{p['baseline_time_limit_s']:g} s. For satapi the notes give its CPU limit: the "
+            "cores ÷ the server's CPU seconds per request (an upper bound: the driver and the "
+            "upstream share the cores).",
             "",
         ]
     if sc["id"] == 3:

@@ -597,6 +597,20 @@ def compact(result: LoadResult, system: str) -> dict[str, Any]:
     }
 
 
+def cpu_limit(point: dict[str, Any]) -> None:
+    """Add the server's CPU per successful request and the req/s all cores would allow at it.
+
+    An upper bound for one machine: the load driver and the upstream share these cores.
+    """
+    cpu_s, ok = point.get("server_cpu_s"), point.get("ok") or 0
+    if not cpu_s or not ok:
+        point["cpu_ms_per_request"] = point["cpu_limit_rps"] = None
+        return
+    per_request = cpu_s / ok
+    point["cpu_ms_per_request"] = round(per_request * 1000, 1)
+    point["cpu_limit_rps"] = round((os.cpu_count() or 1) / per_request, 1)
+
+
 def target(name: str, value: Any, goal: str, passed: bool, note: str = "") -> dict[str, Any]:
     return {"name": name, "value": value, "goal": goal, "passed": bool(passed), "note": note}
 
@@ -821,6 +835,19 @@ def scenario2(env: Env) -> dict[str, Any]:
             points.append(point)
             if satapi:
                 targets.append(health_target("2", point))
+                cpu_limit(point)
+                if c == max(p.s2_concurrency) and point["cpu_limit_rps"]:
+                    share = (point["rps"] or 0.0) / point["cpu_limit_rps"]
+                    targets.append(
+                        target(
+                            f"2 {system} C={c}: throughput vs its own CPU limit",
+                            f"{share:.2f} ({point['rps']} of {point['cpu_limit_rps']} req/s = "
+                            f"{os.cpu_count()} cores ÷ {point['cpu_ms_per_request']} ms of "
+                            "server CPU per request)",
+                            "≥ 0.8",
+                            share >= 0.8,
+                        )
+                    )
         for system in env.want(("satapi", "satapi-2w")):
             sat = by[system]["rps"]
             for base, factor in (("baseline-gthread", 8.0), ("baseline-sync", 30.0)):

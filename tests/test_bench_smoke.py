@@ -76,6 +76,11 @@ def test_smoke_has_a_result_for_every_scenario(
             assert pt["health_n"] > 0 or pt["health_max_ms"] is not None
             assert pt["peak_rss_mb"] and pt["peak_rss_mb"] > 0
     assert "satapi-2w" in {pt["system"] for pt in scenarios[2]["points"]}
+    # Scenario 2 measures satapi against its own CPU limit (cores ÷ CPU per request).
+    for pt in scenarios[2]["points"]:
+        if pt["system"].startswith("satapi"):
+            assert pt["cpu_ms_per_request"] > 0 and pt["cpu_limit_rps"] > 0
+    assert any("its own CPU limit" in t["name"] for t in scenarios[2]["targets"])
 
     # Single flight is behaviour, not timing: identical concurrent requests, one download.
     satapi = next(row for row in scenarios[4]["rows"] if row["system"] == "satapi")
