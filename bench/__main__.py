@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m bench                  # full run (~6-8 min on 2 cores): bench/RESULTS.md + chart
+    python -m bench                  # full run (~10 min on 2 cores): bench/RESULTS.md + chart
     python -m bench --smoke          # every scenario, tiny N and 50 ms latency, < 30 s
     python -m bench --only 1,4       # some scenarios (written to bench/out/, not RESULTS.md)
     python -m bench --only 2 --py-spy  # plus py-spy profiles of satapi in bench/out/
