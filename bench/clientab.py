@@ -12,8 +12,8 @@ driver, no sockets on the front), once with each transport behind the same `http
 
 Each figure is this process's CPU (`time.process_time`, all threads) per download; the
 variants alternate round by round, and every round is printed with the best and the median
-(on a shared machine single rounds vary by 10-20 %). Needs the optional `httpx-aiohttp`
-package (`pip install httpx-aiohttp`); it is not a dependency of satapi.
+(on a shared machine single rounds vary by 10-20 %). Needs `httpx-aiohttp` (in the `bench`
+extra); the service itself does not use it.
 """
 
 from __future__ import annotations

@@ -168,3 +168,29 @@ def test_analyzercost_measures_both_code_paths() -> None:
     for row in rows:
         for step in ("verify", "decode", "classify", "metrics", "analyse", "vision"):
             assert row[f"{step}_ms"] > 0
+
+
+def test_clientab_measures_both_transports() -> None:
+    # The WMS transport A/B behind bench/findings.md (issue 14): both transports download.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.clientab",
+            "--n",
+            "20",
+            "--rounds",
+            "1",
+            "--latency",
+            "0.05",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines()[1:]]
+    assert {row[0] for row in rows} == {"httpx2", "aiohttp"}
+    assert all(float(row[1]) > 0 for row in rows), done.stdout
