@@ -8,7 +8,8 @@ driver, no sockets on the front), once with each transport behind the same `http
 
 ``httpx2``     today's `ShardedTransport` (httpcore2 pools of 4 kept-alive connections)
 ``aiohttp``    `httpx_aiohttp.httpx2.AiohttpTransport` (aiohttp's connector under httpx2's API;
-               the package's httpx 0.28 transport is the same code for the other client)
+               the package's httpx 0.28 transport is the same code for the other client).
+               A measurement only: it has no connect-time SSRF guard (`providers/netguard.py`)
 
 Each figure is this process's CPU (`time.process_time`, all threads) per download; the
 variants alternate round by round, and every round is printed with the best and the median
