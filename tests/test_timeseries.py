@@ -124,8 +124,9 @@ async def test_twelve_dates_four_at_a_time(
     body = r.json()
     assert body["success"] is True and body["partial"] is False
     assert [p["time"] for p in body["points"]] == times
-    # 12 dates, 4 at a time, 0.5 s each: three rounds, not twelve.
-    assert 1.3 <= elapsed <= 3.0
+    # 12 dates, 4 at a time, 0.5 s each: at least three rounds, and fewer than twelve (the
+    # in-flight count below is the exact check; wall time only rules out serial downloads).
+    assert 1.3 <= elapsed < 6.0
     assert slow.calls == 12 and slow.max_in_flight == 4
     for point in body["points"]:
         assert point["error"] is None and point["code"] is None
