@@ -155,6 +155,7 @@ class RedisCoordinator:
         prefix: str = DEFAULT_PREFIX,
         max_connections: int = 32,
         op_timeout_s: float = 2.0,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.url = url
         self.lease_s = lease_s
@@ -164,15 +165,17 @@ class RedisCoordinator:
         self._op_timeout_s = op_timeout_s
         self.proc = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._tokens = itertools.count()
-        # No retries inside redis-py: a failure is reported at once (503) and the next call
-        # reconnects; timeouts bound every operation, the pool blocks instead of failing.
+        # One immediate retry on a fresh connection: after a Redis restart every pooled
+        # connection is stale once. The scripts are idempotent (ZADD/ZREM of one token), so a
+        # retry after a lost reply is harmless. Timeouts bound every operation; the pool blocks
+        # (up to the timeout) instead of failing when all its connections are busy.
         self._pool = BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
             timeout=op_timeout_s,
             socket_timeout=op_timeout_s,
             socket_connect_timeout=op_timeout_s,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 1),
         )
         self.redis: Redis = Redis.from_pool(self._pool)
         self._acquire = self.redis.register_script(redis_scripts.ACQUIRE)
@@ -191,7 +194,13 @@ class RedisCoordinator:
         self._fleet: dict[str, SlotStats] = {}
         self._values: dict[str, asyncio.Future[bytes]] = {}
         self.errors: Counter[str] = Counter()  # Redis errors by operation
+        self._on_error = on_error
         self.listening = False
+
+    def _failed(self, operation: str) -> None:
+        self.errors[operation] += 1
+        if self._on_error is not None:
+            self._on_error(operation)
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -218,14 +227,17 @@ class RedisCoordinator:
         await self.redis.aclose()
 
     async def ping(self) -> bool:
-        """True when Redis answers within the operation timeout."""
-        try:
-            async with asyncio.timeout(self._op_timeout_s):
-                return bool(await self.redis.ping())
-        except (RedisError, OSError, TimeoutError):
-            _reraise_cancel()
-            self.errors["ping"] += 1
-            return False
+        """True when Redis answers within the operation timeout (a second try on a fresh
+        connection, so one stale pooled connection does not fail a readiness probe)."""
+        for _ in range(2):
+            try:
+                async with asyncio.timeout(self._op_timeout_s):
+                    return bool(await self.redis.ping())
+            except (RedisError, OSError, TimeoutError) as exc:
+                _reraise_cancel()
+                self._failed("ping")
+                log.debug("redis ping failed: %s", exc)
+        return False
 
     # -- semaphores ---------------------------------------------------------------------------
 
@@ -321,7 +333,7 @@ class RedisCoordinator:
                 reply = await self._acquire(keys=keys, args=args)
         except (RedisError, OSError, TimeoutError) as exc:
             _reraise_cancel()
-            self.errors[op] += 1
+            self._failed(op)
             log.debug("redis %s failed: %r", op, exc)
             raise _unavailable(op) from None
         status = int(reply[0])
@@ -416,7 +428,7 @@ class RedisCoordinator:
         except (RedisError, OSError, TimeoutError) as exc:
             _reraise_cancel()
             # The lease runs out by itself; nothing else to do.
-            self.errors["release"] += 1
+            self._failed("release")
             log.debug("redis release failed: %r", exc)
         # Local waiters for these semaphores may go now, whether or not the message comes back.
         self._mark_dirty(s.name for s in sems)
@@ -455,7 +467,7 @@ class RedisCoordinator:
                 raise
             except (RedisError, OSError) as exc:
                 _reraise_cancel()
-                self.errors["subscribe"] += 1
+                self._failed("subscribe")
                 log.debug("redis subscription lost: %r", exc)
             finally:
                 self.listening = False
@@ -505,7 +517,7 @@ class RedisCoordinator:
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             _reraise_cancel()
-            self.errors["renew"] += 1
+            self._failed("renew")
             log.debug("redis renew failed: %r", exc)
             return
         for raw in set(restored or ()):
@@ -529,7 +541,7 @@ class RedisCoordinator:
                 reply = await self._stats(keys=keys, args=[])
         except (RedisError, OSError, TimeoutError):
             _reraise_cancel()
-            self.errors["stats"] += 1
+            self._failed("stats")
             self._fleet = {}
             return
         self._fleet = {
@@ -573,7 +585,7 @@ class SharedValue:
                 value = await self._coord.redis.get(self._key)
         except (RedisError, OSError, TimeoutError):
             _reraise_cancel()
-            self._coord.errors["value_get"] += 1
+            self._coord._failed("value_get")
             raise _unavailable("value_get") from None
         return value if isinstance(value, bytes) or value is None else str(value).encode()
 
@@ -600,7 +612,7 @@ class SharedValue:
                     await self._coord.redis.set(self._key, value, px=max(1, int(ttl_s * 1000)))
             except (RedisError, OSError, TimeoutError):
                 _reraise_cancel()
-                self._coord.errors["value_set"] += 1  # still usable here; others fetch again
+                self._coord._failed("value_set")  # still usable here; others fetch again
             return value
 
     async def invalidate(self, seen: bytes) -> None:
@@ -610,7 +622,7 @@ class SharedValue:
                 await self._coord._delete_if(keys=[self._key], args=[seen])
         except (RedisError, OSError, TimeoutError):
             _reraise_cancel()
-            self._coord.errors["value_delete"] += 1
+            self._coord._failed("value_delete")
             raise _unavailable("value_delete") from None
 
 
