@@ -810,7 +810,7 @@ def scenario2(env: Env) -> dict[str, Any]:
     """POST /api/vision/analyze_satellite with the local analyzer, 512x512 PNG, latency 0.5 s."""
     p = env.profile
     up = env.fleet.upstream(p.s2_latency)
-    systems = env.want(SYSTEMS)
+    systems = env.want(("satapi", "satapi-2w", *BASELINES))
     env.fleet.prestart(systems, up)
     warm_scene(up, p.s2_size)  # the upstream renders each size once; not while timed
     points: list[dict[str, Any]] = []
