@@ -283,3 +283,19 @@ async def test_waiters_cost_no_polling(coords: list[RedisCoordinator]) -> None:
     # Then per release each process tries its head once: one wins, the other is refused
     # (measured: ~1,000 attempts for 400 grants over two processes).
     assert calls["n"] <= 400 + 8 + 400 * 3, calls
+
+
+async def test_cancelled_during_the_first_attempt_leaves_no_permit(
+    coords: list[RedisCoordinator],
+) -> None:
+    a, b = coords
+    for steps in range(40):
+        task = asyncio.create_task(_timed_acquire(a, a.semaphore("first", 1)))
+        for _ in range(steps):  # cancel it at every stage of its first attempt in turn
+            await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        # Free at once, not after the 1 s lease.
+        async with asyncio.timeout(0.5):
+            async with b.acquire(b.semaphore("first", 1)):
+                pass

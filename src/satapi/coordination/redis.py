@@ -287,7 +287,12 @@ class RedisCoordinator:
         for name in names:
             self._waiting[name] += 1
         try:
-            attempt = await self._attempt(sems, token, mode, "acquire")
+            try:
+                attempt = await self._attempt(sems, token, mode, "acquire")
+            except asyncio.CancelledError:
+                # The script may have run (and granted) after all: give back what it may hold.
+                self._spawn(self._release_token(token, held=sems))
+                raise
             if attempt.status == -1:
                 shed = sems[attempt.full_index - 1]
                 raise Overloaded(
@@ -366,7 +371,11 @@ class RedisCoordinator:
                 if not group.queue or not (group.dirty or group.retry_at <= now):
                     continue
                 group.dirty = False
-                await self._drain(group)
+                try:
+                    await self._drain(group)
+                except Exception as exc:  # a bug must not leave its waiters waiting forever
+                    log.exception("coordination: handing out permits failed")
+                    self._fail_group(group, exc)
             self._prune_groups()
 
     async def _drain(self, group: _Group) -> None:
@@ -487,10 +496,13 @@ class RedisCoordinator:
         next_renew = 0.0
         while True:
             now = time.monotonic()
-            if now >= next_renew:
-                next_renew = now + every
-                await self._renew_all()
-            await self._refresh_fleet_stats()
+            try:
+                if now >= next_renew:
+                    next_renew = now + every
+                    await self._renew_all()
+                await self._refresh_fleet_stats()
+            except Exception:  # keep renewing: a dead loop would let every lease run out
+                log.exception("coordination: lease renewal failed")
             await asyncio.sleep(min(STATS_EVERY_S, every))
 
     async def _renew_all(self) -> None:
