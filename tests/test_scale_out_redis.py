@@ -1,7 +1,7 @@
 """Two `satapi serve` replicas sharing one Redis and one data dir, against a slow upstream.
 
-Everything is real and on 127.0.0.1: redis-server, the fault-injecting WMS and the satapi
-processes. Each test is bounded by explicit timeouts.
+Everything is real and on 127.0.0.1: redis-server, the fault-injecting WMS, the satapi processes
+(and moto_server for the S3-store case). Each test is bounded by explicit timeouts.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 
 from tests.support.fault_upstream import FaultUpstream, SatapiProcess
 from tests.support.redis_server import RedisServer, require_redis
+from tests.support.s3server import MotoServer, aws_env
 
 CAP = 6
 LEASE_S = 3.0
@@ -217,3 +218,33 @@ async def test_workers_without_redis_share_the_cap(tmp_path: Path, upstream: Fau
     assert upstream.max_in_flight() <= CAP
     assert "2 worker processes without redis_url" in server.log()
     assert "max_concurrent_wms 3 of 6" in server.log()
+
+
+async def test_with_an_s3_store_identical_requests_make_one_upstream_request(
+    tmp_path: Path, upstream: FaultUpstream, redis: RedisServer, moto_s3: MotoServer
+) -> None:
+    # The production shape: separate data dirs, one bucket, one Redis.
+    bucket = moto_s3.create_bucket()
+    made = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        conf = settings(
+            upstream,
+            tmp_path / name / "data",
+            redis_url=redis.url,
+            redis_lease_s=LEASE_S,
+            store_url=f"s3://{bucket}/fleet",
+        )
+        made.append(SatapiProcess(tmp_path / name, conf, env=aws_env(moto_s3)))
+    upstream.reset()
+    try:
+        for process in made:
+            process.start()
+        responses = await post_split([r.url for r in made], [body("ok:1", 900)] * 20)
+        assert [r.status_code for r in responses] == [200] * 20
+        assert upstream.requests() == 1
+        downloads = [r.log().count("download ok event=download") for r in made]
+        assert sorted(downloads) == [0, 1]
+    finally:
+        for process in made:
+            process.stop()
