@@ -715,12 +715,6 @@ class SatapiProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
 
-    def kill(self) -> None:
-        """SIGKILL (kill -9) this process only, as a crash would, and reap it."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
     def wait(self, timeout: float) -> int | None:
         """The exit code, or None if still running after `timeout` seconds."""
         assert self.proc is not None
