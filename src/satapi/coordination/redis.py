@@ -9,10 +9,18 @@ bounded fallback timer per process for leases that ran out, or a lost message).
 
 API (one `RedisCoordinator` per process; everything else hangs off it)::
 
-    coord = RedisCoordinator("redis://127.0.0.1:6379/0", lease_s=15.0)
-    await coord.start()                     # connects lazily; never fails for Redis being down
+    coord = RedisCoordinator(
+        "redis://127.0.0.1:6379/0",
+        lease_s=15.0,            # a dead process's permits come back within this
+        prefix="{satapi}:",      # every key and the pub/sub channel start with it
+        max_connections=32,      # BlockingConnectionPool: callers wait for a connection...
+        op_timeout_s=2.0,        # ...this long at most; also the socket and connect timeouts
+        on_error=None,           # callable(operation: str) for each failed Redis call
+    )
+    await coord.start()          # connects lazily; never fails for Redis being down
+    await coord.ping()           # bool, for readiness probes
     ...
-    await coord.close()
+    await coord.close()          # releases what is still held
 
     # A named counting semaphore shared by the fleet. `max_waiting`: None = waiters are not
     # counted; -1 = counted (fleet-wide gauge) but never shed; n >= 0 = a new waiter is refused
@@ -25,7 +33,11 @@ API (one `RedisCoordinator` per process; everything else hangs off it)::
     coord.fleet_stats()   # {name: SlotStats(capacity, in_flight, waiting)} for the whole fleet,
                           # refreshed every second in the background (for metrics)
 
-    # A mutex: a semaphore of capacity 1 (used for single flight of image downloads).
+    # Every process must give the same capacity (and limits) for the same name. For the fleet
+    # AI cap, map `Overloaded` to `AIBusy` around `acquire` (see `limits.make_ai_limiter`).
+
+    # A mutex: a semaphore of capacity 1. `FleetFlights(coord).hold(key)` is one per key (single
+    # flight of image downloads: `ImageService(fleet=...)`).
     async with coord.acquire(coord.semaphore("flight:" + image_id, 1)): ...
 
     # A value cached in Redis with a TTL, fetched by one process at a time (single flight):
@@ -33,6 +45,9 @@ API (one `RedisCoordinator` per process; everything else hangs off it)::
     value: bytes = await token.get_or_fetch(fetch)   # fetch: async () -> (bytes, ttl_s)
     await token.get()                                # bytes | None, no fetch
     await token.invalidate(value)                    # drop it, if it is still that value
+    # Concurrent callers in one process share one attempt; other processes wait for the
+    # fetching one's mutex, then read what it stored. If `fetch` raises, the error reaches this
+    # process's callers and the mutex passes on (the next process fetches itself).
 
 Errors: a Redis that cannot be reached (refused, timed out, no pool connection within
 `op_timeout_s`) raises `BackendUnavailable` (HTTP 503 with Retry-After) from `acquire`,
