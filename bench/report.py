@@ -439,6 +439,14 @@ def _describe(sc: dict[str, Any]) -> list[str]:
             f"loads stop after {p['baseline_time_limit_s']:g} s.",
             "",
         ]
+    if sc["id"] == 7:
+        return [
+            f"Scenario 1's load at C = {p['concurrency']}, N = {p['total']}, upstream latency "
+            f"{p['latency_s']:g} s, cap {p['cap']}: `satapi serve --workers 2` sharing one Redis "
+            "(fleet-wide limiter and single flight) next to one process (in-process limiter). "
+            "CPU per download counts satapi's process tree plus redis-server.",
+            "",
+        ]
     return []
 
 

@@ -6,6 +6,7 @@ chart. Systems (``SYSTEMS``):
 
 ``satapi``            one ``satapi serve`` process (uvicorn, uvloop, httptools)
 ``satapi-2w``         ``satapi serve --workers 2`` (= cores, the CPUs the baseline gets)
+``satapi-2w-redis``   ``satapi serve --workers 2`` sharing one Redis (scenario 7)
 ``baseline-sync``     Flask under ``gunicorn -k sync -w 2``
 ``baseline-gthread``  Flask under ``gunicorn -k gthread -w 2 --threads 8``
 
@@ -43,9 +44,10 @@ from bench.fake_ai import command as fake_ai_command
 from bench.fake_ai import fetch_stats as fetch_ai_stats
 from bench.fake_ai import reset_stats as reset_ai_stats
 from bench.procs import OUT_DIR, REPO_ROOT, ServerProcess, free_port
+from bench.scaleout import scenario7
 from bench.upstream import fetch_stats, reset_stats, upstream_command
 
-SYSTEMS = ("satapi", "satapi-2w", "baseline-sync", "baseline-gthread")
+SYSTEMS = ("satapi", "satapi-2w", "satapi-2w-redis", "baseline-sync", "baseline-gthread")
 BASELINES = ("baseline-sync", "baseline-gthread")
 SCENE_CACHE = OUT_DIR / "scenes"
 HEALTH_P99_GOAL_MS = 25.0
@@ -229,6 +231,7 @@ class Fleet:
         self._shared: dict[tuple[str, str, AiSetup | None], ServerProcess] = {}
         self._data: dict[int, Path] = {}
         self._dirty: set[int] = set()
+        self.redis_url: str | None = None  # scenario 7: where `*-redis` systems coordinate
 
     def upstream(self, latency: float) -> ServerProcess:
         """The upstream with this latency (one per latency, alive for the whole run)."""
@@ -263,9 +266,13 @@ class Fleet:
                 kind, wms_url, port=port, data_dir=data, workers=workers, extra_env=extra
             )
         else:
-            workers = 2 if system == "satapi-2w" else 1
+            workers = 2 if system.startswith("satapi-2w") else 1
             config = data / "satapi.toml"
-            config.write_text(satapi_toml(wms_url, data / "data", self.profile.cap, ai))
+            toml = satapi_toml(wms_url, data / "data", self.profile.cap, ai)
+            if system.endswith("-redis"):
+                assert self.redis_url is not None, "start Redis first (bench.scaleout)"
+                toml = f'redis_url = "{self.redis_url}"\n' + toml
+            config.write_text(toml)
             cmd = [sys.executable, "-m", "satapi", "serve", "--host", "127.0.0.1"]
             cmd += ["--port", str(port), "--workers", str(workers), "--graceful-timeout", "2"]
             proc = ServerProcess(
@@ -803,7 +810,7 @@ def scenario2(env: Env) -> dict[str, Any]:
     """POST /api/vision/analyze_satellite with the local analyzer, 512x512 PNG, latency 0.5 s."""
     p = env.profile
     up = env.fleet.upstream(p.s2_latency)
-    systems = env.want(SYSTEMS)
+    systems = env.want(("satapi", "satapi-2w", *BASELINES))
     env.fleet.prestart(systems, up)
     warm_scene(up, p.s2_size)  # the upstream renders each size once; not while timed
     points: list[dict[str, Any]] = []
@@ -1229,4 +1236,5 @@ SCENARIOS: dict[int, Callable[[Env], dict[str, Any]]] = {
     4: scenario4,
     5: scenario5,
     6: scenario6,
+    7: scenario7,
 }

@@ -24,6 +24,7 @@ pytest_plugins = [
     "tests.support.mapserver_plugin",
     "tests.support.fake_anthropic_plugin",
     "tests.support.s3server",
+    "tests.support.redis_server",
 ]
 
 WMS_URL = "http://wms.test/wms"

@@ -58,7 +58,7 @@ def test_smoke_has_a_result_for_every_scenario(
     run = json.loads((out / "results.json").read_text())
     assert run["profile"] == "smoke"
     scenarios = {sc["id"]: sc for sc in run["scenarios"]}
-    assert sorted(scenarios) == [0, 1, 2, 3, 4, 5, 6]
+    assert sorted(scenarios) == [0, 1, 2, 3, 4, 5, 6, 7]
     for sid, sc in scenarios.items():
         assert "error" not in sc, f"scenario {sid}: {sc.get('traceback')}"
         assert sc["targets"], f"scenario {sid} evaluated no target"
@@ -81,6 +81,14 @@ def test_smoke_has_a_result_for_every_scenario(
         if pt["system"].startswith("satapi"):
             assert pt["cpu_ms_per_request"] > 0 and pt["cpu_limit_rps"] > 0
     assert any("its own CPU limit" in t["name"] for t in scenarios[2]["targets"])
+
+    # 7: --workers 2 sharing Redis next to one process; the cap holds across the workers.
+    fleet = {pt["system"]: pt for pt in scenarios[7]["points"]}
+    assert set(fleet) == {"satapi", "satapi-2w-redis"}
+    for pt in fleet.values():
+        assert pt["ok"] == pt["total"] and pt["cpu_ms_per_download"] > 0
+        assert pt["upstream"]["max_in_flight"] <= scenarios[7]["params"]["cap"]
+    assert fleet["satapi-2w-redis"]["redis_cpu_s"] is not None
 
     # Single flight is behaviour, not timing: identical concurrent requests, one download.
     satapi = next(row for row in scenarios[4]["rows"] if row["system"] == "satapi")

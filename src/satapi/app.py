@@ -20,13 +20,14 @@ from satapi.app_state import Resources
 from satapi.config import Settings, load_settings
 from satapi.cpu import CpuRunner
 from satapi.imagery import ImageService
-from satapi.limits import SlotLimiter, make_ai_limiter, make_limiter
+from satapi.limits import SlotLimiter, make_ai_limiter, open_coordination
 from satapi.models import ErrorResponse
 from satapi.observability.events import (
     LoopLagSampled,
     NullObserver,
     Observer,
     Observers,
+    RedisCallFailed,
     StoreCallFailed,
 )
 from satapi.observability.logs import LogObserver, setup_logging
@@ -123,7 +124,9 @@ async def open_resources(
         ),
     )
     await store.start()
-    limiter = make_limiter(settings)
+    coordinator, limiter, flights = await open_coordination(
+        settings, on_error=lambda operation: observer.observe(RedisCallFailed(operation=operation))
+    )
     policy = UrlPolicy(settings.providers, settings.allowed_hosts)
     http = make_http_client(settings)
     client = make_image_client(settings, http, limiter, policy=policy, cpu=cpu, observer=observer)
@@ -136,6 +139,7 @@ async def open_resources(
         max_px=settings.max_image_px,
         cache_ttl_s=settings.cache_ttl_s,
         observer=observer,
+        fleet=flights,
     )
     await analyses.start()
     analyzers: dict[str, Analyzer] = {
@@ -176,9 +180,12 @@ async def open_resources(
             anthropic=ai_client,
             ai_limiter=ai_limiter,
             observer=observer,
+            coordinator=coordinator,
         )
     finally:
         await http.aclose()
+        if coordinator is not None:
+            await coordinator.close()
         if ai_client is not None:
             await ai_client.close()
         await store.close()

@@ -18,6 +18,8 @@ from satapi.storage import AnalysisStore, ImageStore
 if TYPE_CHECKING:  # the SDK is imported only when an API key is configured (see satapi.app)
     import anthropic
 
+    from satapi.coordination.redis import RedisCoordinator
+
 
 @dataclass
 class Resources:
@@ -34,3 +36,4 @@ class Resources:
     anthropic: anthropic.AsyncAnthropic | None = None
     ai_limiter: SlotLimiter | None = None  # the AI cap, when the Claude analyzer is configured
     observer: Observer = field(default_factory=NullObserver)
+    coordinator: RedisCoordinator | None = None  # with redis_url

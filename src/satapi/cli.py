@@ -7,6 +7,7 @@ and does not read the server's settings."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -14,6 +15,8 @@ from types import FrameType
 
 from satapi import __version__
 from satapi.client import commands
+
+log = logging.getLogger("satapi")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +72,7 @@ def _server_command(args: argparse.Namespace) -> int:
     import uvicorn
 
     from satapi.config import SettingsError, load_settings
+    from satapi.coordination.shares import ShareError, local_caps
     from satapi.observability.logs import setup_logging
 
     try:
@@ -83,6 +87,22 @@ def _server_command(args: argparse.Namespace) -> int:
     if args.shutdown_delay is not None:
         # The app (built by uvicorn's factory, in each worker) reads its settings from here.
         os.environ["SATAPI_SHUTDOWN_DELAY_S"] = str(args.shutdown_delay)
+    workers = args.workers if not args.reload else 1
+    if workers > 1:
+        # Each worker builds its own settings from the environment: tell it how many share.
+        os.environ["SATAPI_WORKER_PROCESSES"] = str(workers)
+        settings = settings.model_copy(update={"worker_processes": workers})
+    if settings.redis_url is not None:
+        if workers > 1:
+            log.info("%d worker processes share every cap through Redis", workers)
+    else:
+        try:
+            caps = local_caps(settings)
+        except ShareError as exc:
+            print(f"satapi: {exc}", file=sys.stderr)
+            return 2
+        if caps.workers > 1:
+            log.info("%s", caps.describe(settings))
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal under the handler that
     # was installed before it ran: with the default one, a clean shutdown would still end the
     # process "killed by SIGTERM" (exit status 143) instead of 0.
@@ -92,7 +112,7 @@ def _server_command(args: argparse.Namespace) -> int:
         factory=True,
         host=args.host,
         port=args.port,
-        workers=args.workers if not args.reload else None,
+        workers=workers if not args.reload else None,
         reload=args.reload,
         log_config=None,
         access_log=False,

@@ -168,6 +168,25 @@ class Settings(BaseSettings):
     max_concurrent_ai: int = Field(default=16, ge=1, le=10_000)
     max_ai_waiting: int = Field(default=200, ge=0, le=1_000_000)
 
+    # -- Scale-out: Redis coordination (issue 11) --
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="redis://[:password@]host:port/db (or rediss://, unix://): caps, waiting "
+        "limit and single flight shared by every process using it. Unset: per process.",
+    )
+    redis_lease_s: float = Field(
+        default=15.0,
+        ge=1.0,
+        le=600.0,
+        description="A permit's lease: a killed holder's permits return within this time.",
+    )
+    worker_processes: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="Processes sharing the caps without Redis (set by `satapi serve --workers`).",
+    )
+
     max_timeseries_dates: int = Field(default=24, ge=1, le=1000)
     cpu_threads: int = Field(default=4, ge=1, le=64)
 
@@ -253,6 +272,16 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: Any) -> Any:
         return _split_commas(value)
 
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
     @field_validator("allowed_hosts")
     @classmethod
     def _check_hosts(cls, value: list[str]) -> list[str]:
@@ -320,6 +349,10 @@ class Settings(BaseSettings):
         for secret in (self.aws_secret_access_key, self.aws_session_token):
             if secret is not None:
                 values.append(secret.get_secret_value())
+        if self.redis_url is not None:
+            password = urlsplit(self.redis_url.get_secret_value()).password
+            if password:
+                values.append(password)
         return [v for v in values if v]
 
 

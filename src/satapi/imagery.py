@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from satapi.cpu import CpuRunner
 from satapi.errors import InvalidRequest, SatapiError
@@ -24,6 +26,14 @@ from satapi.urlpolicy import UrlPolicy
 from satapi.wms_client import DownloadStats, FetchTarget, GetMapRequest, ImageClient
 
 StageCallback = Callable[[str], None]
+
+
+class FleetFlightLock(Protocol):
+    """A fleet-wide mutex per key (e.g. `satapi.coordination.redis.FleetFlights`)."""
+
+    def hold(self, key: str) -> AbstractAsyncContextManager[float]:
+        """Hold the mutex for `key`; yields the seconds waited."""
+        ...
 
 
 @dataclass(kw_only=True)
@@ -65,8 +75,12 @@ class ImageService:
         max_px: int,
         cache_ttl_s: float,
         observer: Observer | None = None,
+        fleet: FleetFlightLock | None = None,
     ) -> None:
         self.client = client
+        # Single flight across processes: the download of an image id runs under a fleet-wide
+        # mutex; whoever gets it second finds the image in a shared store.
+        self._fleet = fleet
         self.store = store
         self._cpu = cpu
         self._policy = policy
@@ -202,6 +216,30 @@ class ImageService:
         return flight
 
     async def _download(self, target: FetchTarget, stage: StageCallback) -> FetchedImage:
+        if self._fleet is None:
+            return await self._download_once(target, stage)
+        started = time.perf_counter()
+        reported = False
+        try:
+            async with self._fleet.hold(target.image_id):
+                # Another process may have stored it while this one waited for the mutex.
+                record = await self.store.get(target.image_id, check=True)
+                reported = True
+                if record is not None:
+                    self._report(
+                        target,
+                        "shared",
+                        nbytes=record.bytes,
+                        duration_s=time.perf_counter() - started,
+                    )
+                    return FetchedImage(record=record, shared=True)
+                return await self._download_once(target, stage)
+        except BaseException as exc:
+            if not reported:  # the mutex was not obtained (e.g. Redis is unreachable)
+                self._report(target, download_outcome(exc), error=error_code(exc))
+            raise
+
+    async def _download_once(self, target: FetchTarget, stage: StageCallback) -> FetchedImage:
         # Reports the download once, however many requests share it.
         started = time.perf_counter()
         stats = DownloadStats()

@@ -6,12 +6,14 @@ Backends live in `satapi.coordination` (`coordination/local.py`: in-process sema
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from satapi.config import Settings
+    from satapi.coordination.redis import FleetFlights, RedisCoordinator
     from satapi.observability.events import Observer
 
 
@@ -38,15 +40,45 @@ class Limiter(Protocol):
 
 
 def make_limiter(settings: Settings) -> Limiter:
-    """The limiter the settings ask for."""
+    """The in-process limiter, with this worker's share of every cap (`worker_processes`)."""
     from satapi.coordination.local import LocalLimiter
+    from satapi.coordination.shares import local_caps
 
+    caps = local_caps(settings)
     return LocalLimiter(
+        caps.global_cap,
+        caps.provider_caps,
+        max_waiting=caps.max_waiting,
+        min_intervals=caps.min_intervals,
+        default_cap=max(1, 4 // caps.workers),
+    )
+
+
+async def open_coordination(
+    settings: Settings, *, on_error: Callable[[str], None] | None = None
+) -> tuple[RedisCoordinator | None, Limiter, FleetFlights | None]:
+    """The limiter and the fleet single flight the settings ask for.
+
+    With `redis_url`: a started `RedisCoordinator` (the caller closes it), the Redis limiter and
+    fleet-wide single flight. Without: no coordinator, the in-process limiter, no fleet flights.
+    `on_error(operation)` hears of every failed Redis call.
+    """
+    if settings.redis_url is None:
+        return None, make_limiter(settings), None
+    from satapi.coordination.redis import FleetFlights, RedisCoordinator, RedisLimiter
+
+    coordinator = RedisCoordinator(
+        settings.redis_url.get_secret_value(), lease_s=settings.redis_lease_s, on_error=on_error
+    )
+    await coordinator.start()
+    limiter = RedisLimiter(
+        coordinator,
         settings.max_concurrent_wms,
         {name: p.max_concurrency for name, p in settings.providers.items()},
         max_waiting=settings.max_waiting,
         min_intervals={name: p.min_interval_s for name, p in settings.providers.items()},
     )
+    return coordinator, limiter, FleetFlights(coordinator)
 
 
 # --- AI calls (issue 14) -------------------------------------------------------------------------

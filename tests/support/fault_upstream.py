@@ -58,7 +58,7 @@ import urllib.error
 import urllib.request
 import zlib
 from collections import Counter
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -646,10 +646,12 @@ class SatapiProcess:
         env: Mapping[str, str] | None = None,
         graceful_timeout: float = 5.0,
         wrap: Callable[[list[str]], list[str]] | None = None,
+        args: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
         self._wrap = wrap  # e.g. run in a mount namespace with a tmpfs data dir
-        self.data_dir = workdir / "data"
+        self.args = list(args)  # more `satapi serve` options, e.g. ["--workers", "2"]
+        self.data_dir = Path(str(settings.get("data_dir", workdir / "data")))
         self.config_path = write_config(
             workdir / "satapi.toml", {"data_dir": str(self.data_dir), **settings}
         )
@@ -678,6 +680,7 @@ class SatapiProcess:
         self._log = self.log_path.open("ab")
         argv = [sys.executable, "-m", "satapi", "serve", "--host", "127.0.0.1"]
         argv += ["--port", str(self.port), "--graceful-timeout", str(self.graceful_timeout)]
+        argv += self.args
         if self._wrap is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             argv = self._wrap(argv)

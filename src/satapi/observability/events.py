@@ -113,6 +113,17 @@ class LoopLagSampled(Event):
     lag_s: float
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RedisCallFailed(Event):
+    """A call to Redis (the fleet's coordination backend, issue 11) failed.
+
+    `operation`: `acquire`, `acquire_retry`, `release`, `renew`, `stats`, `subscribe`, `ping`,
+    `value_get`, `value_set`, `value_delete`.
+    """
+
+    operation: str
+
+
 def download_outcome(exc: BaseException) -> str:
     """The download outcome label for an exception raised while downloading."""
     if isinstance(exc, WMSServiceException):

@@ -26,6 +26,7 @@ from satapi.observability.events import (
     DownloadSettled,
     Event,
     LoopLagSampled,
+    RedisCallFailed,
     RequestFinished,
     Shed,
     StoreCallFailed,
@@ -97,6 +98,7 @@ class _StateCollector(Collector):
             for provider, slot in sorted(stats.items()):
                 family.add_metric([provider], getattr(slot, attr))
             out.append(family)
+        out.extend(_fleet_metrics(sources.limiter))
         if sources.images is not None:
             out.append(
                 GaugeMetricFamily(
@@ -149,6 +151,38 @@ class _StateCollector(Collector):
                 )
             )
         return out
+
+
+def _fleet_metrics(limiter: object) -> list[Metric]:
+    """With Redis: permits in use and waiting for the whole fleet (the limiter's last reading
+    from Redis, refreshed every second), next to this process's own gauges."""
+    fleet_stats = getattr(limiter, "fleet_stats", None)
+    if fleet_stats is None:
+        return []
+    fleet: dict[str, SlotStats] = dict(fleet_stats())
+    out: list[Metric] = []
+    total = fleet.pop("*", None)
+    if total is not None:
+        for name, doc, value in (
+            ("in_use", "WMS transfer permits held now by every process (Redis).", total.in_flight),
+            (
+                "waiting",
+                "Requests waiting for a WMS permit in every process (Redis).",
+                total.waiting,
+            ),
+        ):
+            out.append(
+                GaugeMetricFamily(f"satapi_fleet_wms_global_permits_{name}", doc, value=value)
+            )
+    for name, doc, attr in (
+        ("in_use", "WMS permits held now by every process, by provider (Redis).", "in_flight"),
+        ("waiting", "Requests waiting for a provider's permit, every process (Redis).", "waiting"),
+    ):
+        family = GaugeMetricFamily(f"satapi_fleet_wms_permits_{name}", doc, labels=["provider"])
+        for provider, slot in sorted(fleet.items()):
+            family.add_metric([provider], getattr(slot, attr))
+        out.append(family)
+    return out
 
 
 class Metrics:
@@ -213,6 +247,12 @@ class Metrics:
             "satapi_wms_shed",
             "WMS requests refused at once (503) because too many already waited for a permit.",
             ["provider"],
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "satapi_redis_errors",
+            "Redis calls that failed (unreachable, timed out), by operation.",
+            ["operation"],
             registry=r,
         )
         self.store_errors = Counter(
@@ -327,6 +367,8 @@ class Metrics:
                 self.ai_queue_wait.observe(event.waited_s)
             case AiSlotSettled(outcome="shed"):
                 self.ai_shed.inc()
+            case RedisCallFailed(operation=operation):
+                self.redis_errors.labels(operation).inc()
             case AnalysisFinished(analyzer=analyzer):
                 model_label = event.model or ""
                 self.analyses.labels(analyzer, model_label, event.outcome).inc()

@@ -24,8 +24,9 @@ async def healthz() -> HealthResponse:
     responses={503: {"model": HealthResponse, "description": "Not ready."}},
 )
 async def readyz(request: Request, resources: ResourcesDep) -> HealthResponse | JSONResponse:
-    """Ready when the image store is writable, the WMS HTTP client is open, and the server is
-    not shutting down (503 from the moment SIGTERM arrives, so load balancers stop sending).
+    """Ready when the image store is writable, the WMS HTTP client is open, with `redis_url`
+    Redis answers (`checks.redis_reachable`), and the server is not shutting down (503 from the
+    moment SIGTERM arrives, so load balancers stop sending).
 
     When the store is not ready, `checks.store_error` says why (e.g. the bucket does not exist,
     the object store refused the credentials, or the data directory is full).
@@ -40,7 +41,9 @@ async def readyz(request: Request, resources: ResourcesDep) -> HealthResponse | 
     }
     if problem is not None:
         checks["store_error"] = problem
-    if problem is None and checks["http_client_open"]:
+    if resources.coordinator is not None:
+        checks["redis_reachable"] = await resources.coordinator.ping()
+    if problem is None and all(v is True for k, v in checks.items() if k != "store_error"):
         return HealthResponse(status="ok", checks=checks)
     body = HealthResponse(status="unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=503)

@@ -1,0 +1,69 @@
+"""`satapi serve --workers N` without Redis: each worker enforces an equal share of every cap."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from satapi import cli
+from satapi.config import Settings
+from satapi.coordination.shares import ShareError, local_caps
+from satapi.limits import make_limiter
+
+
+def test_caps_are_divided_never_exceeding_the_total(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(
+        max_concurrent_wms=7,
+        max_waiting=101,
+        worker_processes=2,
+        providers={
+            "test": {
+                "url": "http://wms.test/wms",
+                "default_layer": "x",
+                "max_concurrency": 5,
+                "min_interval_s": 0.5,
+            }
+        },
+    )
+    caps = local_caps(settings)
+    assert caps.global_cap == 3 and caps.provider_caps["test"] == 2
+    assert caps.max_waiting == 50
+    assert caps.min_intervals["test"] == 1.0  # the fleet's start rate stays 1 / 0.5 s
+    assert "max_concurrent_wms 3 of 7" in caps.describe(settings)
+    assert make_limiter(settings).stats()["*"].capacity == 3
+
+
+def test_with_redis_the_caps_are_global(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(
+        max_concurrent_wms=7, worker_processes=2, redis_url="redis://127.0.0.1:1/0"
+    )
+    assert local_caps(settings).global_cap == 7
+
+
+def test_a_cap_too_small_to_share_stops_start_up(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    with pytest.raises(ShareError, match="eox"):
+        local_caps(
+            make_settings(
+                worker_processes=5,
+                default_provider="eox",
+                providers={"eox": {"max_concurrency": 4}},
+            )
+        )
+    monkeypatch.setenv("SATAPI_PROVIDERS", '{"eox": {"max_concurrency": 2}}')
+    monkeypatch.delenv("SATAPI_CONFIG", raising=False)
+    assert cli.main(["serve", "--workers", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "providers.eox.max_concurrency (2) cannot be shared by 3 worker processes" in err
+    assert "redis_url" in err
+
+
+def test_redis_url_must_be_a_redis_url(make_settings: Callable[..., Settings]) -> None:
+    with pytest.raises(ValueError, match="redis://"):
+        make_settings(redis_url="http://127.0.0.1:6379")
+    settings = make_settings(redis_url="redis://:s3cret@127.0.0.1:6379/0")
+    assert "s3cret" in settings.secrets  # redacted from logs
+    assert "s3cret" not in settings.model_dump_json()
