@@ -254,10 +254,23 @@ async def test_shared_value_fetched_once(coords: list[RedisCoordinator]) -> None
     assert await values[1].get() is None
 
 
-async def test_waiters_cost_no_polling(coords: list[RedisCoordinator]) -> None:
+async def test_waiters_cost_no_polling(redis_server: RedisServer) -> None:
     # 400 waiters in two processes while one permit is held for 2.5 s (2 fallback periods):
     # each waiter makes one attempt when it arrives; after that each process retries only the
     # head of its queue (on a release, or once per fallback period), never once per waiter.
+    # The default operation timeout: 400 first attempts share 32 connections, which on a
+    # CPU-starved test machine can take longer than the fixture's short 0.5 s.
+    coords = [RedisCoordinator(redis_server.url, lease_s=1.0) for _ in range(2)]
+    for c in coords:
+        await c.start()
+    try:
+        await _no_polling(coords)
+    finally:
+        for c in coords:
+            await c.close()
+
+
+async def _no_polling(coords: list[RedisCoordinator]) -> None:
     a, b = coords
     calls = {"n": 0}
     for c in coords:
