@@ -366,9 +366,7 @@ def write_geotiff(path: Path, date: str, pixels: np.ndarray | None = None) -> Pa
     return path
 
 
-def write_time_tileindex(
-    directory: Path, tiffs: Mapping[str, Path], prefix: str = "scene"
-) -> Path:
+def write_time_tileindex(directory: Path, tiffs: Mapping[str, Path], prefix: str = "scene") -> Path:
     """Shapefile tile index with ``location`` (absolute path) and ``date`` columns.
 
     ``gdaltindex`` writes footprints and locations; it cannot add attributes, so
