@@ -211,6 +211,8 @@ async def test_a_failing_candidate_is_reported_and_the_others_decide(
     again = await clearest(client, window)
     assert again["selection"]["cached"] is False
     assert [q["TIME"] for q in proxy.queries("GetMap")] == [CLOUDY_BROKEN]
+    metrics = (await client.get("/metrics")).text
+    assert 'satapi_selection_candidates_total{provider="ms",status="failed"} 2.0' in metrics
 
 
 async def test_max_candidates_thins_evenly(client: httpx.AsyncClient, proxy: CountingProxy) -> None:
@@ -244,7 +246,10 @@ async def test_time_and_clearest_together_are_422(client: httpx.AsyncClient) -> 
 # --- repeats, storage, caps -----------------------------------------------------------------------
 
 
-async def test_a_repeat_costs_no_download(client: httpx.AsyncClient, proxy: CountingProxy) -> None:
+async def test_a_repeat_costs_no_download(
+    client: httpx.AsyncClient, proxy: CountingProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="satapi.selection")
     window = "2024-05-01/2024-09-30"
     first = await clearest(client, window)
     assert first["selection"]["cached"] is False
@@ -256,6 +261,16 @@ async def test_a_repeat_costs_no_download(client: httpx.AsyncClient, proxy: Coun
     assert second["image"]["cached"] is True
     assert second["selection"]["candidates"] == first["selection"]["candidates"]
     assert second["selection"]["chosen"] == first["selection"]["chosen"] == "2024-08-02"
+    metrics = (await client.get("/metrics")).text
+    assert 'satapi_selections_total{outcome="ok",provider="ms"} 1.0' in metrics
+    assert 'satapi_selections_total{outcome="cached",provider="ms"} 1.0' in metrics
+    assert 'satapi_selection_candidates_total{provider="ms",status="ok"} 10.0' in metrics
+    assert 'satapi_selection_candidates_total{provider="ms",status="cached"} 10.0' in metrics
+    lines = [r for r in caplog.records if r.name == "satapi.selection"]
+    assert [(r.outcome, r.chosen, r.candidates) for r in lines] == [  # type: ignore[attr-defined]
+        ("ok", "2024-08-02", 10),
+        ("cached", "2024-08-02", 10),
+    ]
 
 
 async def test_previews_are_stored_like_any_image(client: httpx.AsyncClient) -> None:

@@ -181,6 +181,7 @@ async def open_resources(
                 preview_px=settings.preview_px,
                 cache_ttl_s=settings.cache_ttl_s,
                 cache_entries=settings.selection_cache_entries,
+                observer=observer,
             ),
             anthropic=ai_client,
             ai_limiter=ai_limiter,

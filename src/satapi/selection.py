@@ -29,6 +29,12 @@ from satapi.analyzers import pixels
 from satapi.cpu import CpuRunner
 from satapi.errors import NoDatesInWindow, SatapiError, TooCloudy
 from satapi.imagery import FetchedImage, ImageService
+from satapi.observability.events import (
+    NullObserver,
+    Observer,
+    SelectionFinished,
+    error_code,
+)
 from satapi.timedim import (
     expand_range,
     instant,
@@ -190,6 +196,20 @@ def _when(value: str) -> dt.datetime:
     return instant(parse_when(value))
 
 
+def _all_failed(plan: Plan, candidates: tuple[Candidate, ...], first: SatapiError) -> SatapiError:
+    """The first failure's error (same class, so the same status), naming the window."""
+    return type(first)(
+        f"No candidate preview of the window {plan.spec.window} could be fetched; "
+        f"the first failure: {first.message}",
+        retry_after=first.retry_after,
+        extra={
+            **first.extra,
+            "window": plan.spec.window,
+            "candidates": [c.as_dict() for c in candidates],
+        },
+    )
+
+
 class _Cache:
     """Scored candidates by plan key, in memory, least recently used out first."""
 
@@ -233,6 +253,7 @@ class Selector:
     cache_ttl_s: float = 3600.0
     cache_entries: int = 1024
     clock: Callable[[], float] = time.time
+    observer: Observer = field(default_factory=NullObserver)
     _cache: _Cache = field(init=False)
 
     def __post_init__(self) -> None:
@@ -290,29 +311,47 @@ class Selector:
         `TooCloudy` when the best score is above `max_cloud`; when every preview failed, the
         first failure's error (same class and status) listing the candidates.
         """
+        started = time.perf_counter()
+        candidates: tuple[Candidate, ...] = ()
         cached = self._cache.get(plan.cache_key)
-        if cached is not None:
-            candidates = cached
-        else:
-            if report is not None:
-                report({"stage": "selecting", "candidates": len(plan.previews)})
-            candidates, failures = await self._score_all(plan)
-            if not failures:
-                # A selection with a failed preview is not kept: the next one may succeed.
-                self._cache.put(plan.cache_key, candidates, plan.cache_ttl_s)
-            elif len(failures) == len(candidates):
-                first = failures[0]
-                raise type(first)(
-                    f"No candidate preview of the window {plan.spec.window} could be fetched; "
-                    f"the first failure: {first.message}",
-                    retry_after=first.retry_after,
-                    extra={
-                        **first.extra,
-                        "window": plan.spec.window,
-                        "candidates": [c.as_dict() for c in candidates],
-                    },
+        outcome, error, chosen = "error", None, None
+        try:
+            if cached is not None:
+                candidates = cached
+            else:
+                if report is not None:
+                    report({"stage": "selecting", "candidates": len(plan.previews)})
+                candidates, failures = await self._score_all(plan)
+                if not failures:
+                    # A selection with a failed preview is not kept: the next may succeed.
+                    self._cache.put(plan.cache_key, candidates, plan.cache_ttl_s)
+                elif len(failures) == len(candidates):
+                    raise _all_failed(plan, candidates, failures[0])
+            selection = self._decide(plan, candidates, cached=cached is not None)
+            outcome, chosen = ("cached" if cached is not None else "ok"), selection.chosen
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except TooCloudy:
+            outcome = "too_cloudy"
+            raise
+        except Exception as exc:
+            error = error_code(exc)
+            raise
+        finally:
+            self.observer.observe(
+                SelectionFinished(
+                    provider=plan.provider,
+                    layer=plan.request.layer,
+                    window=plan.spec.window,
+                    outcome=outcome,
+                    candidates=len(candidates) or len(plan.previews),
+                    failed=sum(c.status == "failed" for c in candidates),
+                    duration_s=time.perf_counter() - started,
+                    chosen=chosen,
+                    error=error,
                 )
-        selection = self._decide(plan, candidates, cached=cached is not None)
+            )
         assert selection.chosen is not None
         target = self.images.target(
             plan.provider, dataclasses.replace(plan.request, time=selection.chosen)
