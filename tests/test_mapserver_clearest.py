@@ -392,6 +392,9 @@ async def test_vision_stream_get_takes_clearest_as_query(client: httpx.AsyncClie
         params={**params, "clearest": "2023-01-01/2023-12-31"},
     )
     assert r.status_code == 422 and r.json()["code"] == "no_dates_in_window"  # before streaming
+    alone = {k: v for k, v in params.items() if k != "clearest"}
+    r = await client.get("/api/vision/analyze_satellite_stream", params=alone)
+    assert r.status_code == 422 and "max_cloud" in r.json()["error"]
 
 
 async def test_comparison_resolves_both_windows_concurrently(

@@ -151,14 +151,11 @@ def period_windows(start: str, end: str, period: str, *, limit: int) -> list[str
     # The day (or second) before the next window starts; start + period * (k+1), not repeated
     # addition, as expand_range does.
     duration = parse_step(period)
-    first = parse_when(start)
+    first, last = parse_when(start), parse_when(end)
     windows: list[str] = []
     for k, begin in enumerate(starts):
         nxt = first + duration * (k + 1)
-        closing = nxt - (dt.timedelta(days=1) if date_only else dt.timedelta(seconds=1))
-        last = parse_when(end)
-        if closing > last:
-            closing = last
+        closing = min(nxt - (dt.timedelta(days=1) if date_only else dt.timedelta(seconds=1)), last)
         stop = closing.isoformat() if date_only else _iso(closing)
         windows.append(f"{begin}/{stop}")
     return windows

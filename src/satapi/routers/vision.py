@@ -114,13 +114,12 @@ async def job_from_query(
         "analyzer": analyzer,
         "wms_url": wms_url,
     }
+    limits = {"max_candidates": max_candidates, "max_cloud": max_cloud}
+    limits = {k: v for k, v in limits.items() if v is not None}
     if clearest is not None:
-        window: dict[str, object] = {"window": clearest}
-        if max_candidates is not None:
-            window["max_candidates"] = max_candidates
-        if max_cloud is not None:
-            window["max_cloud"] = max_cloud
-        raw["clearest"] = window
+        raw["clearest"] = {"window": clearest, **limits}
+    else:
+        raw.update(limits)  # without clearest they are unknown fields: validation says so
     if bbox is not None:
         try:
             raw["bbox"] = [float(v) for v in bbox.split(",")]
