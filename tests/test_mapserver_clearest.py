@@ -8,6 +8,7 @@ the server and the most that were in flight at once.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import io
@@ -271,6 +272,25 @@ async def test_a_repeat_costs_no_download(
         ("ok", "2024-08-02", 10),
         ("cached", "2024-08-02", 10),
     ]
+
+
+async def test_identical_concurrent_selections_score_once(
+    make_settings: Callable[..., Settings], mapserver_wms: MapServerWMS
+) -> None:
+    async with (
+        CountingProxy("127.0.0.1", mapserver_wms.port, delay=0.1) as slow,
+        _app_client(_settings(make_settings, slow)) as c,
+    ):
+        window = "2024-05-01/2024-06-30"
+        bodies = await asyncio.gather(*(clearest(c, window) for _ in range(5)))
+        assert {b["selection"]["chosen"] for b in bodies} == {"2024-06-18"}
+        assert sorted(b["selection"]["cached"] for b in bodies) == [False] + [True] * 4
+        # Four previews and one full image: each downloaded once, however many asked.
+        assert len(slow.queries("GetMap")) == len(in_window(window)) + 1
+        metrics = (await c.get("/metrics")).text
+        assert 'satapi_selections_total{outcome="ok",provider="ms"} 1.0' in metrics
+        assert 'satapi_selections_total{outcome="cached",provider="ms"} 4.0' in metrics
+        assert not c.app.state.resources.selector._locks  # type: ignore[attr-defined]
 
 
 async def test_previews_are_stored_like_any_image(client: httpx.AsyncClient) -> None:

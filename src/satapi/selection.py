@@ -15,13 +15,14 @@ as an event once they are known.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -252,6 +253,7 @@ class Selector:
     clock: Callable[[], float] = time.time
     observer: Observer = field(default_factory=NullObserver)
     _cache: _Cache = field(init=False)
+    _locks: dict[str, tuple[asyncio.Lock, int]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self._cache = _Cache(self.cache_entries, self.clock)
@@ -313,17 +315,14 @@ class Selector:
         cached = self._cache.get(plan.cache_key)
         outcome, error, chosen = "error", None, None
         try:
+            if cached is None:
+                # Identical selections score one at a time: the others then find the cache.
+                async with self._one_at_a_time(plan.cache_key):
+                    cached = self._cache.get(plan.cache_key)
+                    if cached is None:
+                        candidates = await self._score(plan, report)
             if cached is not None:
                 candidates = cached
-            else:
-                if report is not None:
-                    report({"stage": "selecting", "candidates": len(plan.previews)})
-                candidates, failures = await self._score_all(plan)
-                if not failures:
-                    # A selection with a failed preview is not kept: the next may succeed.
-                    self._cache.put(plan.cache_key, candidates, plan.cache_ttl_s)
-                elif len(failures) == len(candidates):
-                    raise _all_failed(plan, candidates, failures[0])
             selection = self._decide(plan, candidates, cached=cached is not None)
             outcome, chosen = ("cached" if cached is not None else "ok"), selection.chosen
         except asyncio.CancelledError:
@@ -354,6 +353,31 @@ class Selector:
             plan.provider, dataclasses.replace(plan.request, time=selection.chosen)
         )
         return Chosen(target=target, selection=selection)
+
+    async def _score(self, plan: Plan, report: StageReport | None) -> tuple[Candidate, ...]:
+        if report is not None:
+            report({"stage": "selecting", "candidates": len(plan.previews)})
+        candidates, failures = await self._score_all(plan)
+        if not failures:
+            # A selection with a failed preview is not kept: the next one may succeed.
+            self._cache.put(plan.cache_key, candidates, plan.cache_ttl_s)
+        elif len(failures) == len(candidates):
+            raise _all_failed(plan, candidates, failures[0])
+        return candidates
+
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
     async def select(
         self,
