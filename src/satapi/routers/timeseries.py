@@ -171,23 +171,24 @@ async def build_series(
 
 
 def to_csv(series: TimeseriesResponse) -> str:
-    """One row per date: time, the chosen date (clearest_per), status, image id, the metrics,
-    and the error code and text."""
+    """One row per date: time, status, image id, the metrics, the error code and text, and the
+    chosen date (with clearest_per)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    header = ["time", "chosen_time", "status", "image_id", *METRIC_COLUMNS, "code", "error"]
+    # chosen_time goes last: positional readers of the older columns keep working.
+    header = ["time", "status", "image_id", *METRIC_COLUMNS, "code", "error", "chosen_time"]
     writer.writerow(header)
     for p in series.points:
         metrics = p.metrics or {}
         writer.writerow(
             [
                 p.time,
-                p.chosen_time or "",
                 "error" if p.error else "ok",
                 p.image.id if p.image else "",
                 *(metrics.get(c, "") for c in METRIC_COLUMNS),
                 p.code or "",
                 p.error or "",
+                p.chosen_time or "",
             ]
         )
     return out.getvalue()
