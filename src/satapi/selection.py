@@ -22,14 +22,14 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from satapi.analyzers import pixels
 from satapi.cpu import CpuRunner
 from satapi.errors import NoDatesInWindow, SatapiError, TooCloudy
-from satapi.imagery import FetchedImage, ImageService
+from satapi.imagery import FetchedImage, ImageService, for_side
 from satapi.observability.events import (
     NullObserver,
     Observer,
@@ -48,6 +48,7 @@ from satapi.timedim import (
 from satapi.wms_client import FetchTarget, GetMapRequest
 
 DEFAULT_MAX_CANDIDATES = 12
+T = TypeVar("T")
 StageReport = Callable[[dict[str, Any]], None]
 
 
@@ -164,6 +165,27 @@ def period_windows(start: str, end: str, period: str, *, limit: int) -> list[str
 
 def _iso(value: dt.date) -> str:
     return value.isoformat().replace("+00:00", "Z")
+
+
+async def for_sides(work: Mapping[str, Awaitable[T]]) -> dict[str, T]:
+    """Await one job per side (a comparison's `before` and `after`) concurrently; the first
+    failure cancels the others and is re-raised naming its side (`extra["side"]`)."""
+
+    async def one(side: str, job: Awaitable[T]) -> T:
+        try:
+            return await job
+        except SatapiError as exc:
+            raise for_side(exc, side) from None
+
+    tasks = {side: asyncio.ensure_future(one(side, job)) for side, job in work.items()}
+    try:
+        await asyncio.gather(*tasks.values())
+    except BaseException:
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        raise
+    return {side: task.result() for side, task in tasks.items()}
 
 
 def preview_size(width: int, height: int, long_edge: int) -> tuple[int, int]:

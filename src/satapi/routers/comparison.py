@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -28,14 +27,13 @@ from satapi.models import (
     SideTimings,
 )
 from satapi.routers.streaming import AnalysisSteps, Report, analysis_events, emit
-from satapi.selection import Chosen, Plan, Selector
+from satapi.selection import Chosen, Plan, Selector, for_sides
 from satapi.wms_client import FetchTarget
 
 router = APIRouter(prefix="/api/comparison", tags=["comparison"])
 
 SIDES = ("before", "after")
 Pair = dict[str, FetchedImage]
-T = TypeVar("T")
 
 
 @dataclass
@@ -55,27 +53,6 @@ class Got:
     selection: dict[str, SelectionOut] | None = None
 
 
-async def _sides(work: dict[str, Awaitable[T]]) -> dict[str, T]:
-    """Run one awaitable per side concurrently; the first failure cancels the other and is
-    re-raised naming its side."""
-
-    async def one(side: str, job: Awaitable[T]) -> T:
-        try:
-            return await job
-        except SatapiError as exc:
-            raise for_side(exc, side) from None
-
-    tasks = {side: asyncio.ensure_future(one(side, job)) for side, job in work.items()}
-    try:
-        await asyncio.gather(*tasks.values())
-    except BaseException:
-        for task in tasks.values():
-            task.cancel()
-        await asyncio.gather(*tasks.values(), return_exceptions=True)
-        raise
-    return {side: task.result() for side, task in tasks.items()}
-
-
 async def plan_pair(images: ImageService, selector: Selector, body: ComparisonRequest) -> PairPlan:
     """Validate both sides before anything is downloaded (the `clearest` windows of both
     are planned concurrently)."""
@@ -87,7 +64,7 @@ async def plan_pair(images: ImageService, selector: Selector, body: ComparisonRe
             provider = images.client.provider(body.provider or images.default_provider)
             request = body.getmap(provider.default_layer, layer=chosen.layer)
             work[side] = selector.plan(body.provider, request, chosen.clearest.spec())
-    return PairPlan(targets=targets, plans=await _sides(work))
+    return PairPlan(targets=targets, plans=await for_sides(work))
 
 
 async def fetch_pair(
@@ -100,7 +77,7 @@ async def fetch_pair(
         runs: dict[str, Awaitable[Chosen]] = {
             side: selector.run(p, _for_side(report, side)) for side, p in plan.plans.items()
         }
-        chosen = await _sides(runs)
+        chosen = await for_sides(runs)
         selection = {}
         for side in SIDES:
             if side in chosen:
