@@ -33,6 +33,7 @@ from tests.support.mapserver import (
     expected_cloud_fraction,
     expected_nodata_fraction,
 )
+from tests.support.s3server import MotoServer
 from tests.test_comparison import parse_sse
 from tests.test_images_api import _app_client, permits_back
 
@@ -532,3 +533,30 @@ async def test_time_series_clearest_per_needs_start_and_end(client: httpx.AsyncC
     ):
         r = await client.post("/api/timeseries", json={**FULL, **bad})
         assert r.status_code == 422, bad
+
+
+async def test_clearest_on_the_s3_store(
+    make_settings: Callable[..., Settings], proxy: CountingProxy, moto_s3: MotoServer
+) -> None:
+    s3 = {
+        "store_url": f"s3://{moto_s3.create_bucket()}/satapi",
+        "aws_endpoint_url": moto_s3.url,
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing-secret",
+        "aws_region": "us-east-1",
+        "aws_allow_http": True,
+    }
+    window = "2024-07-01/2024-07-31"
+    async with _app_client(_settings(make_settings, proxy, **s3)) as c:
+        first = await clearest(c, window)
+        assert first["selection"]["chosen"] == "2024-07-03"
+        preview = first["selection"]["candidates"][0]["preview_id"]
+        assert (await c.get(f"/api/images/{preview}")).status_code == 200
+    # A new process on the same bucket: the previews and the image are there, so the
+    # selection (not cached in this process) is scored again without a download.
+    proxy.reset()
+    async with _app_client(_settings(make_settings, proxy, **s3)) as c:
+        again = await clearest(c, window)
+    assert again["selection"]["cached"] is False
+    assert again["selection"]["candidates"] == first["selection"]["candidates"]
+    assert proxy.queries("GetMap") == []
