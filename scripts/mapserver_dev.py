@@ -18,6 +18,8 @@ from types import FrameType
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.mapserver import (
+    CLOUDY_LAYER,
+    CLOUDY_TIMES,
     MapServerError,
     MapServerWMS,
     mapserver_available,
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"MapServer WMS running at {wms.url}  (started in {wms.startup_seconds:.2f} s)")
             print(f"files and logs: {wms.tmpdir}")
             print(f"layers: {wms.layer} (TIME {','.join(wms.times)}), {wms.static_layer}")
+            print(f"        {CLOUDY_LAYER} (clouds of known extent; TIME {','.join(CLOUDY_TIMES)})")
             print(f"bbox lon/lat: {b}")
             print()
             print("GetCapabilities:")

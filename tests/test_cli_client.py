@@ -162,3 +162,53 @@ def test_console_script_help_and_a_real_run(served: str, tmp_path: Path) -> None
     # MapServer answers outside its scene with its background colour: still an image.
     assert ran.returncode == 0, ran.stderr
     assert "30x18 image/png" in ran.stdout
+
+
+# --- clearest date (issue 13): the `cloudy` layer's dates have clouds of known extent -----------
+
+CLOUDY = [
+    "--bbox",
+    "10",
+    "45",
+    "14",
+    "47",
+    "--width",
+    "200",
+    "--height",
+    "100",
+    "--layer",
+    "cloudy",
+]
+
+
+def test_image_and_analyze_with_clearest(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["image", *CLOUDY, "--clearest", "2024-05-01/2024-09-30"]) == 0
+    assert ", clearest date 2024-08-02" in capsys.readouterr().out
+    args = ["analyze", *CLOUDY, "--clearest", "2024-05-01/2024-06-30", "--analyzer", "local"]
+    assert main([*args, "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["selection"]["chosen"] == answer["image"]["time"] == "2024-06-18"
+    assert main([*args, "--max-cloud", "0.05"]) == 1
+    assert capsys.readouterr().err.startswith("satapi: too_cloudy: Every candidate")
+    with pytest.raises(SystemExit) as exited:  # argparse: --time and --clearest exclude
+        main(["image", *CLOUDY, "--clearest", "2024-05-01/2024-06-30", "--time", LATE])
+    assert exited.value.code == 2
+    assert "not allowed with argument --clearest" in capsys.readouterr().err
+
+
+def test_compare_and_timeseries_with_clearest(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["compare", *CLOUDY, "--before", "2024-05-01/2024-06-30", "--after", "2024-08-02"]
+    assert main([*args, "--analyzer", "local", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["selection"]["before"]["chosen"] == "2024-06-18"
+    assert answer["images"]["after"]["time"] == "2024-08-02"
+    series = ["timeseries", *CLOUDY, "--start", "2024-04-01", "--end", "2024-06-30"]
+    assert main([*series, "--clearest-per", "P1M"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["time", "chosen", "vegetation"]
+    assert lines[1].startswith("2024-04-01") and "no_data" in lines[1]
+    assert lines[2].split()[:2] == ["2024-05-01", "2024-05-19"]
+    assert lines[3].split()[:2] == ["2024-06-01", "2024-06-18"]
+    assert main([*series, "--clearest-per", "P1M", "--csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["chosen_time"] for r in rows] == ["", "2024-05-19", "2024-06-18"]

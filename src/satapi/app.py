@@ -46,6 +46,7 @@ from satapi.routers import (
     vision,
 )
 from satapi.routers.metrics import router as metrics_router
+from satapi.selection import CapabilitiesDates, Selector
 from satapi.storage import open_stores
 from satapi.urlpolicy import UrlPolicy
 from satapi.web.access_log import AccessLogMiddleware
@@ -177,6 +178,15 @@ async def open_resources(
             analyses=analyses,
             images=service,
             analysis=AnalysisService(store, analyses, analyzers, observer=observer),
+            selector=Selector(
+                images=service,
+                cpu=cpu,
+                dates=CapabilitiesDates(service),
+                preview_px=settings.preview_px,
+                cache_ttl_s=settings.cache_ttl_s,
+                cache_entries=settings.selection_cache_entries,
+                observer=observer,
+            ),
             anthropic=ai_client,
             ai_limiter=ai_limiter,
             observer=observer,

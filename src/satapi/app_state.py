@@ -13,6 +13,7 @@ from satapi.cpu import CpuRunner
 from satapi.imagery import ImageService
 from satapi.limits import Limiter, SlotLimiter
 from satapi.observability.events import NullObserver, Observer
+from satapi.selection import Selector
 from satapi.storage import AnalysisStore, ImageStore
 
 if TYPE_CHECKING:  # the SDK is imported only when an API key is configured (see satapi.app)
@@ -33,6 +34,7 @@ class Resources:
     analyses: AnalysisStore
     images: ImageService
     analysis: AnalysisService
+    selector: Selector
     anthropic: anthropic.AsyncAnthropic | None = None
     ai_limiter: SlotLimiter | None = None  # the AI cap, when the Claude analyzer is configured
     observer: Observer = field(default_factory=NullObserver)

@@ -188,6 +188,12 @@ class Settings(BaseSettings):
     )
 
     max_timeseries_dates: int = Field(default=24, ge=1, le=1000)
+
+    # Clearest date (issue 13): candidate previews and the in-memory selection cache.
+    preview_px: int = Field(
+        default=256, ge=16, le=2048, description="Long edge of a candidate's preview, in pixels."
+    )
+    selection_cache_entries: int = Field(default=1024, ge=0, le=1_000_000)
     cpu_threads: int = Field(default=4, ge=1, le=64)
 
     # --- shared object store (issue 11): where images, records and analyses live -----------------

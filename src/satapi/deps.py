@@ -17,6 +17,7 @@ from satapi.analysis import AnalysisService
 from satapi.app_state import Resources
 from satapi.config import Settings
 from satapi.imagery import ImageService
+from satapi.selection import Selector
 from satapi.storage import AnalysisStore, ImageStore
 
 
@@ -58,8 +59,14 @@ async def get_analysis(request: Request) -> AnalysisService:
     return _resources(request).analysis
 
 
+async def get_selector(request: Request) -> Selector:
+    """The clearest-date selector."""
+    return _resources(request).selector
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ImagesDep = Annotated[ImageService, Depends(get_images)]
 StoreDep = Annotated[ImageStore, Depends(get_store)]
 AnalysesDep = Annotated[AnalysisStore, Depends(get_analyses)]
 AnalysisDep = Annotated[AnalysisService, Depends(get_analysis)]
+SelectorDep = Annotated[Selector, Depends(get_selector)]

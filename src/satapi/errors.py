@@ -57,6 +57,21 @@ class TooManyDates(InvalidRequest):
     code = "too_many_dates"
 
 
+# --- clearest-date selection (issue 13) ---------------------------------------------------------
+
+
+class NoDatesInWindow(InvalidRequest):
+    """A `clearest` window holds none of the layer's dates."""
+
+    code = "no_dates_in_window"
+
+
+class TooCloudy(InvalidRequest):
+    """Every candidate date of a `clearest` window scores above its `max_cloud`."""
+
+    code = "too_cloudy"
+
+
 class UrlNotAllowed(SatapiError):
     """A client-supplied URL points somewhere the service will not fetch from."""
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 if TYPE_CHECKING:
     # Only for annotations: the models are shared with `satapi.client`, which must import
     # without the server's modules (aiofiles, stamina, lxml, ...).
+    from satapi.selection import ClearestSpec, Selection
     from satapi.storage import ImageRecord
     from satapi.wms_client import GetMapRequest
 
@@ -33,6 +34,92 @@ Time = Annotated[
         examples=["2024-06-01"],
     ),
 ]
+
+
+# --- clearest date (issue 13) ---------------------------------------------------------------------
+
+_WHEN = TIME_PATTERN.removeprefix("^").removesuffix("$")
+WINDOW_PATTERN = f"^{_WHEN}/{_WHEN}$"
+DURATION_PATTERN = r"^P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+S)?)?$"
+MaxCandidates = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=50,
+        description="At most this many of the window's dates are previewed (thinned evenly).",
+    ),
+]
+MaxCloud = Annotated[
+    float,
+    Field(
+        ge=0.0,
+        le=1.0,
+        description="Refuse (422 `too_cloudy`) when even the best date scores above this.",
+    ),
+]
+
+
+class Clearest(BaseModel):
+    """Instead of `time`: the least cloudy of the layer's dates in a window."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"window": "2024-05-01/2024-09-30", "max_candidates": 12, "max_cloud": 1.0}
+            ]
+        },
+    )
+
+    window: str = Field(
+        pattern=WINDOW_PATTERN,
+        max_length=80,
+        description="start/end (ISO 8601 dates or date-times, both inclusive).",
+        examples=["2024-05-01/2024-09-30"],
+    )
+    max_candidates: MaxCandidates = 12
+    max_cloud: MaxCloud = 1.0
+
+    def spec(self) -> ClearestSpec:
+        """The domain form."""
+        from satapi.selection import ClearestSpec  # server-side only (see the imports)
+
+        return ClearestSpec(
+            window=self.window, max_candidates=self.max_candidates, max_cloud=self.max_cloud
+        )
+
+
+def _absent(value: object) -> bool:
+    """Optional fields added by `clearest` are left out of answers that did not use it."""
+    return value is None
+
+
+class CandidateOut(BaseModel):
+    """One candidate date: its preview's cloud and no-data fractions, or why it failed."""
+
+    time: str
+    status: Literal["ok", "failed"]
+    cloud_fraction: float | None
+    nodata_fraction: float | None
+    score: float | None = Field(description="cloud_fraction + nodata_fraction; lowest wins.")
+    code: str | None = Field(description="The error code of a preview that failed.")
+    error: str | None
+    preview_id: str | None = Field(description="The stored preview: GET /api/images/{id}.")
+
+
+class SelectionOut(BaseModel):
+    """How the date was chosen: every candidate's score, sorted by time."""
+
+    window: str
+    chosen: str | None = Field(description="The chosen date (lowest score; ties: the latest).")
+    candidates: list[CandidateOut]
+    cached: bool = Field(description="True when the scores came from the selection cache.")
+    note: str | None = None
+
+    @classmethod
+    def of(cls, selection: Selection) -> SelectionOut:
+        """The public view of a selection."""
+        return cls.model_validate(selection.as_dict())
 
 
 class ImageFields(BaseModel):
@@ -96,6 +183,10 @@ class ImageRequest(ImageFields):
     """An image request: the fields below, or (for old clients) a complete `wms_url`."""
 
     time: Time | None = None
+    clearest: Clearest | None = Field(
+        default=None,
+        description="Instead of `time`: the least cloudy date of the layer in a window.",
+    )
     wms_url: str | None = Field(
         default=None,
         max_length=4096,
@@ -116,6 +207,11 @@ class ImageRequest(ImageFields):
     def _bbox_or_url(self) -> ImageRequest:
         if self.wms_url is None and self.bbox is None:
             raise ValueError("give either bbox (with the other image fields) or wms_url")
+        if self.clearest is not None:
+            if self.time is not None:
+                raise ValueError("give either time or clearest, not both")
+            if self.wms_url is not None:
+                raise ValueError("clearest needs bbox and the other image fields, not wms_url")
         return self
 
 
@@ -168,6 +264,11 @@ class ImageResponse(BaseModel):
     success: Literal[True] = True
     image: ImageMeta
     timings: ImageTimings
+    selection: SelectionOut | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="With `clearest`: how the date was chosen (left out without it).",
+    )
 
 
 class StoredImageMeta(BaseModel):
@@ -312,6 +413,11 @@ class VisionResponse(BaseModel):
     image: ImageMeta
     analysis: AnalysisOut
     timings: AnalysisTimings
+    selection: SelectionOut | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="With `clearest`: how the date was chosen (left out without it).",
+    )
 
 
 class StoredAnalysis(BaseModel):
@@ -334,11 +440,20 @@ class Side(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     time: Time | None = None
+    clearest: Clearest | None = Field(
+        default=None, description="Instead of `time`: the least cloudy date in a window."
+    )
     layer: str | None = Field(
         default=None,
         pattern=LAYER_PATTERN,
         description="Overrides the request's layer (e.g. EOX's per-year s2cloudless-<year>).",
     )
+
+    @model_validator(mode="after")
+    def _time_or_clearest(self) -> Side:
+        if self.time is not None and self.clearest is not None:
+            raise ValueError("give either time or clearest, not both")
+        return self
 
 
 class ComparisonRequest(ImageFields):
@@ -409,6 +524,11 @@ class ComparisonDownloadResponse(BaseModel):
     success: Literal[True] = True
     images: dict[str, ImageMeta] = Field(description="`before` and `after`.")
     timings: ComparisonTimings
+    selection: dict[str, SelectionOut] | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="Per side that used `clearest`: how its date was chosen (else left out).",
+    )
 
 
 class ComparisonResponse(BaseModel):
@@ -421,6 +541,11 @@ class ComparisonResponse(BaseModel):
     )
     analysis: AnalysisOut
     timings: ComparisonTimings
+    selection: dict[str, SelectionOut] | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="Per side that used `clearest`: how its date was chosen (else left out).",
+    )
 
 
 # --- time series ---------------------------------------------------------------------------------
@@ -439,6 +564,18 @@ class TimeseriesRequest(ImageFields):
         description="ISO 8601 duration between dates, e.g. P1M, P7D, P1Y.",
         examples=["P1M"],
     )
+    clearest_per: str | None = Field(
+        default=None,
+        pattern=DURATION_PATTERN,
+        max_length=32,
+        description=(
+            "Instead of `step`: one window per period from `start` to `end`, each point being "
+            "the clearest date of its window (`chosen_time`)."
+        ),
+        examples=["P1M"],
+    )
+    max_candidates: MaxCandidates = 12
+    max_cloud: MaxCloud = 1.0
 
     model_config = example_config(
         width=256,
@@ -453,6 +590,12 @@ class TimeseriesRequest(ImageFields):
         ranged = (self.start, self.end, self.step)
         if self.bbox is None:
             raise ValueError("bbox is required")
+        if self.clearest_per is not None:
+            if self.times is not None or self.step is not None:
+                raise ValueError("give clearest_per with start and end, without times or step")
+            if self.start is None or self.end is None:
+                raise ValueError("clearest_per needs start and end")
+            return self
         if self.times is not None and any(ranged):
             raise ValueError("give either times or start/end/step, not both")
         if self.times is None and not all(ranged):
@@ -463,7 +606,13 @@ class TimeseriesRequest(ImageFields):
 class TimeseriesPoint(BaseModel):
     """One date: its image and metrics, or its error."""
 
-    time: str
+    time: str = Field(description="The date; with clearest_per, the start of the period.")
+    chosen_time: str | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="With clearest_per: the clearest date of the period.",
+    )
+    selection: SelectionOut | None = Field(default=None, exclude_if=_absent)
     image: ImageMeta | None = None
     metrics: dict[str, Any] | None = None
     error: str | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import isodate
 
@@ -136,3 +137,143 @@ def time_available(values: Sequence[str], requested: str) -> bool:
             if _same_instant(want, offered):
                 return True
     return False
+
+
+# --- windows (clearest-date selection) ---------------------------------------------------------
+
+MAX_WINDOW_VALUES = 100_000
+
+
+def instant(value: dt.date | dt.datetime) -> dt.datetime:
+    """A date (its midnight) or date-time as a naive UTC date-time, so all kinds compare."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        return value
+    return dt.datetime(value.year, value.month, value.day)
+
+
+def parse_window(window: str) -> tuple[dt.datetime, dt.datetime]:
+    """`start/end` as inclusive UTC instants; a date-only end includes its whole day."""
+    parts = window.split("/")
+    if len(parts) != 2:
+        raise InvalidRequest(f"window {window!r} must be start/end, e.g. 2024-05-01/2024-09-30.")
+    start, end = parse_when(parts[0]), parse_when(parts[1])
+    lo = instant(start)
+    hi = instant(end)
+    if not isinstance(end, dt.datetime):
+        hi += dt.timedelta(days=1) - dt.timedelta(microseconds=1)
+    if hi < lo:
+        raise InvalidRequest(f"window {window!r} ends before it starts.")
+    return lo, hi
+
+
+def _text(value: dt.datetime, date_only: bool) -> str:
+    if date_only and value.time() == dt.time():
+        return value.date().isoformat()
+    return value.isoformat() + "Z"
+
+
+@dataclass(frozen=True)
+class WindowTimes:
+    """A layer's TIME values inside a window, and its nearest values on either side."""
+
+    inside: list[str]
+    before: str | None  # the latest value before the window
+    after: str | None  # the earliest value after it
+
+
+class _Collector:
+    def __init__(self, lo: dt.datetime, hi: dt.datetime) -> None:
+        self.lo, self.hi = lo, hi
+        self.inside: dict[dt.datetime, str] = {}
+        self.before: tuple[dt.datetime, str] | None = None
+        self.after: tuple[dt.datetime, str] | None = None
+
+    def add(self, when: dt.datetime, text: str) -> None:
+        if when < self.lo:
+            if self.before is None or when > self.before[0]:
+                self.before = (when, text)
+        elif when > self.hi:
+            if self.after is None or when < self.after[0]:
+                self.after = (when, text)
+        elif when not in self.inside:
+            if len(self.inside) >= MAX_WINDOW_VALUES:
+                raise TooManyDates(
+                    f"The layer has more than {MAX_WINDOW_VALUES:,} dates in the window; narrow it."
+                )
+            self.inside[when] = text
+
+
+def _interval(spec: str, out: _Collector) -> None:
+    """Add the values of `start/end[/period]` that are in, or nearest to, the window.
+
+    Without a period the interval is continuous; it is sampled daily.
+    """
+    parts = spec.split("/")
+    try:
+        first, last = parse_when(parts[0]), parse_when(parts[1])
+        period: dt.timedelta | isodate.Duration = (
+            parse_step(parts[2]) if len(parts) > 2 and parts[2] else dt.timedelta(days=1)
+        )
+    except InvalidRequest:
+        return
+    date_only = not isinstance(first, dt.datetime)
+    start, end = instant(first), instant(last)
+    if isinstance(period, dt.timedelta):
+        # Arithmetic, not stepping: a daily layer since 2000 has thousands of values.
+        k_lo = max(0, -((start - out.lo) // period))  # the first value >= lo
+        k_hi = (min(out.hi, end) - start) // period  # the last value <= min(hi, end)
+        k_end = (end - start) // period  # the last value of the interval
+        for k in (min(k_lo - 1, k_end), max(k_hi + 1, 0)):
+            when = start + period * k
+            if 0 <= k <= k_end:
+                out.add(when, _text(when, date_only))
+        for k in range(k_lo, k_hi + 1):
+            when = start + period * k
+            out.add(when, _text(when, date_only))
+        return
+    for k in range(MAX_INTERVAL_STEPS):  # months or years: few steps, and not linear
+        when = start + period * k
+        if when > end:
+            break
+        out.add(when, _text(when, date_only))
+        if when > out.hi:
+            break
+
+
+def times_in_window(values: Sequence[str], window: str) -> WindowTimes:
+    """The layer's TIME values (a list and/or start/end/period intervals) inside `window`,
+    sorted, and the nearest ones before and after it."""
+    lo, hi = parse_window(window)
+    out = _Collector(lo, hi)
+    for raw in values:
+        for item in raw.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if "/" in item:
+                _interval(item, out)
+                continue
+            try:
+                when = instant(parse_when(item))
+            except InvalidRequest:
+                continue
+            out.add(when, item)
+    return WindowTimes(
+        inside=[out.inside[k] for k in sorted(out.inside)],
+        before=out.before[1] if out.before else None,
+        after=out.after[1] if out.after else None,
+    )
+
+
+def thin(times: Sequence[str], limit: int) -> list[str]:
+    """At most `limit` of `times`, evenly spread and keeping the first and the last
+    (one: the last, the most recent)."""
+    n = len(times)
+    if n <= limit:
+        return list(times)
+    if limit == 1:
+        return [times[-1]]
+    picks = sorted({round(i * (n - 1) / (limit - 1)) for i in range(limit)})
+    return [times[i] for i in picks]

@@ -88,6 +88,33 @@ CLEARCUT_BOX: Final[BBox] = (10.2, 45.2, 11.8, 46.2)
 (40 % of the forest half)."""
 CLEARCUT_FROM: Final = "2024-06-01"
 
+CLOUDY_LAYER: Final = "cloudy"
+"""The same scene on many dates under clouds of known extent (TIME over :data:`CLOUDY_TIMES`)."""
+CLOUD: Final[RGB] = (240, 240, 240)
+"""Bright and grey: the local analyzer's cloud class."""
+NODATA: Final[RGB] = (0, 0, 0)
+"""Black fill: the local analyzer's no-data class."""
+CLOUDY_DATES: Final[Mapping[str, tuple[BBox, ...]]] = {
+    # date -> cloud boxes; fractions of the whole scene in the comments.
+    "2024-05-04": ((10.0, 45.0, 13.2, 47.0),),  # 80 %
+    "2024-05-19": ((10.0, 45.0, 11.2, 47.0),),  # 30 %
+    "2024-06-03": ((10.0, 45.0, 12.4, 47.0),),  # 60 %
+    "2024-06-18": ((10.0, 45.0, 10.4, 47.0),),  # 10 %
+    "2024-07-03": ((13.2, 45.0, 14.0, 47.0),),  # 20 %, all in the east
+    "2024-07-18": ((10.0, 45.0, 12.0, 47.0),),  # 50 %, all in the west
+    "2024-08-02": (),  # clear: the clearest date of the layer
+    "2024-08-17": (),  # no cloud, but 40 % no-data (see CLOUDY_NODATA)
+    "2024-09-01": ((10.0, 45.0, 13.6, 47.0),),  # 90 %
+    "2024-09-16": ((10.0, 45.0, 14.0, 47.0),),  # 100 %
+    "2024-10-01": (),  # its file is corrupt: every GetMap for it fails (CLOUDY_BROKEN)
+    "2024-10-10": ((10.0, 45.0, 12.8, 47.0),),  # 70 %
+    "2024-10-20": ((10.0, 45.0, 11.2, 47.0),),  # 30 %
+}
+CLOUDY_TIMES: Final[tuple[str, ...]] = tuple(CLOUDY_DATES)
+CLOUDY_NODATA: Final[Mapping[str, tuple[BBox, ...]]] = {"2024-08-17": ((10.0, 45.0, 11.6, 47.0),)}
+CLOUDY_BROKEN: Final = "2024-10-01"
+"""Listed in the layer's TIME values, but its GeoTIFF is overwritten with junk after indexing."""
+
 DEFAULT_PORT_RETRIES: Final = 3
 STARTUP_TIMEOUT_S: Final = 20.0
 
@@ -154,6 +181,32 @@ def scene_pixels(date: str) -> np.ndarray:
     if date >= CLEARCUT_FROM:
         img[_box_to_pixels(CLEARCUT_BOX)] = CLEARCUT
     img[_box_to_pixels(MARKER_BOX)] = MARKER
+    return img
+
+
+def _overlap(a: BBox, b: BBox) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    return max(width, 0.0) * max(height, 0.0)
+
+
+def expected_cloud_fraction(date: str, bbox: BBox = SCENE_BBOX) -> float:
+    """Share of ``bbox`` (inside the scene) under cloud on ``date`` of :data:`CLOUDY_LAYER`."""
+    return sum(_overlap(box, bbox) for box in CLOUDY_DATES[date]) / _box_area(bbox)
+
+
+def expected_nodata_fraction(date: str, bbox: BBox = SCENE_BBOX) -> float:
+    """Share of ``bbox`` (inside the scene) that is no-data on ``date`` of :data:`CLOUDY_LAYER`."""
+    return sum(_overlap(box, bbox) for box in CLOUDY_NODATA.get(date, ())) / _box_area(bbox)
+
+
+def cloudy_pixels(date: str) -> np.ndarray:
+    """The :data:`CLOUDY_LAYER` raster for ``date``: the late scene, then no-data, then clouds."""
+    img = scene_pixels(CLEARCUT_FROM)
+    for box in CLOUDY_NODATA.get(date, ()):
+        img[_box_to_pixels(box)] = NODATA
+    for box in CLOUDY_DATES[date]:
+        img[_box_to_pixels(box)] = CLOUD
     return img
 
 
@@ -287,10 +340,10 @@ def _quote(value: str | Path) -> str:
 # --------------------------------------------------------------------------- #
 
 
-def write_geotiff(path: Path, date: str) -> Path:
-    """Write the scene for ``date`` as an RGB GeoTIFF (EPSG:4326) at ``path``."""
+def write_geotiff(path: Path, date: str, pixels: np.ndarray | None = None) -> Path:
+    """Write the scene for ``date`` (or ``pixels``) as an RGB GeoTIFF (EPSG:4326) at ``path``."""
     png = path.with_suffix(".src.png")
-    Image.fromarray(scene_pixels(date), mode="RGB").save(png)
+    Image.fromarray(scene_pixels(date) if pixels is None else pixels, mode="RGB").save(png)
     min_lon, min_lat, max_lon, max_lat = SCENE_BBOX
     _run(
         [
@@ -313,11 +366,12 @@ def write_geotiff(path: Path, date: str) -> Path:
     return path
 
 
-def write_time_tileindex(directory: Path, tiffs: Mapping[str, Path]) -> Path:
+def write_time_tileindex(directory: Path, tiffs: Mapping[str, Path], prefix: str = "scene") -> Path:
     """Shapefile tile index with ``location`` (absolute path) and ``date`` columns.
 
     ``gdaltindex`` writes footprints and locations; it cannot add attributes, so
-    ``ogr2ogr`` copies it with an OGR-SQL computed ``date`` column. The OGR-SQL
+    ``ogr2ogr`` copies it with an OGR-SQL computed ``date`` column (files are named
+    ``<prefix>_<date>.tif``, the prefix being five or six letters). The OGR-SQL
     dialect (not SQLite) is used because it keeps ``location`` 254 characters
     wide (the SQLite dialect shrinks it to 80, truncating long temp paths).
     """
@@ -325,8 +379,8 @@ def write_time_tileindex(directory: Path, tiffs: Mapping[str, Path]) -> Path:
     index = directory / "tindex.shp"
     # gdaltindex wants all files in one call; derive the date from the file name.
     for date, tif in tiffs.items():
-        if tif.name != f"scene_{date}.tif":
-            raise ValueError(f"{tif} must be named scene_{date}.tif")
+        if tif.name != f"{prefix}_{date}.tif":
+            raise ValueError(f"{tif} must be named {prefix}_{date}.tif")
     _run(
         [
             "gdaltindex",
@@ -338,7 +392,7 @@ def write_time_tileindex(directory: Path, tiffs: Mapping[str, Path]) -> Path:
         ],
         cwd=directory,
     )
-    # "scene_YYYY-MM-DD.tif": the date is the 10 characters 14 from the end.
+    # "<prefix>_YYYY-MM-DD.tif": the date is the 10 characters 14 from the end.
     _run(
         [
             "ogr2ogr",
@@ -447,6 +501,24 @@ MAPFILE_TEMPLATE: Final = """MAP
   END
 
   LAYER
+    NAME "{cloudy_layer}"
+    TYPE RASTER
+    STATUS ON
+    TILEINDEX {cloudy_tileindex}
+    TILEITEM "location"
+    PROJECTION
+      "init=epsg:4326"
+    END
+    METADATA
+      "wms_title"        "Synthetic scene under clouds of known extent, with a TIME dimension"
+      "wms_extent"       {extent_q}
+      "wms_timeextent"   {cloudy_timeextent}
+      "wms_timeitem"     "date"
+      "wms_timedefault"  {cloudy_timedefault}
+    END
+  END
+
+  LAYER
     NAME "{static_layer}"
     TYPE RASTER
     STATUS ON
@@ -491,13 +563,23 @@ class SceneData:
     directory: Path
     tiffs: dict[str, Path]
     tileindex: Path
+    cloudy_tileindex: Path
 
 
 def generate_data(directory: Path) -> SceneData:
-    """Write one GeoTIFF per date in :data:`TIMES` and their time tile index."""
+    """Write one GeoTIFF per date in :data:`TIMES` and their time tile index, and the same for
+    :data:`CLOUDY_LAYER` (whose :data:`CLOUDY_BROKEN` file is then spoilt)."""
     directory.mkdir(parents=True, exist_ok=True)
     tiffs = {date: write_geotiff(directory / f"scene_{date}.tif", date) for date in TIMES}
-    return SceneData(directory, tiffs, write_time_tileindex(directory, tiffs))
+    cloudy_dir = directory / "cloudy"
+    cloudy_dir.mkdir(exist_ok=True)
+    cloudy = {
+        date: write_geotiff(cloudy_dir / f"cloudy_{date}.tif", date, cloudy_pixels(date))
+        for date in CLOUDY_TIMES
+    }
+    cloudy_index = write_time_tileindex(cloudy_dir, cloudy, prefix="cloudy")
+    cloudy[CLOUDY_BROKEN].write_bytes(b"not a GeoTIFF any more")
+    return SceneData(directory, tiffs, write_time_tileindex(directory, tiffs), cloudy_index)
 
 
 def write_mapfile(path: Path, data: SceneData, online_resource: str) -> Path:
@@ -514,6 +596,10 @@ def write_mapfile(path: Path, data: SceneData, online_resource: str) -> Path:
             tileindex=_quote(data.tileindex),
             timeextent=_quote(",".join(TIMES)),
             timedefault=_quote(DEFAULT_TIME),
+            cloudy_layer=CLOUDY_LAYER,
+            cloudy_tileindex=_quote(data.cloudy_tileindex),
+            cloudy_timeextent=_quote(",".join(CLOUDY_TIMES)),
+            cloudy_timedefault=_quote(CLOUDY_TIMES[-1]),
             static_layer=STATIC_LAYER,
             static_data=_quote(data.tiffs[STATIC_DATE]),
             static_date=STATIC_DATE,

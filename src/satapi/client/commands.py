@@ -29,18 +29,22 @@ SERIES_COLUMNS = ["vegetation", "water", "bare", "built", "cloud", "nodata"]
 EXAMPLES = {
     "image": """examples:
   satapi image --bbox 10 45 12 46 --time 2024-06-01 -o scene.png
-  satapi image --bbox=-10,35,5,44 --provider gibs --width 1024 --height 614 --json""",
+  satapi image --bbox=-10,35,5,44 --provider gibs --width 1024 --height 614 --json
+  satapi image --bbox 10 45 12 46 --clearest 2024-05-01/2024-09-30 -o clearest.png""",
     "analyze": """examples:
   satapi analyze --bbox 10 45 12 46 --time 2024-06-01
   satapi analyze --bbox 10 45 12 46 --prompt "Is there standing water?" --analyzer claude
-  satapi analyze --bbox 10 45 12 46 --json > answer.json""",
+  satapi analyze --bbox 10 45 12 46 --json > answer.json
+  satapi analyze --bbox 10 45 12 46 --clearest 2024-05-01/2024-09-30 --max-cloud 0.3""",
     "compare": """examples:
   satapi compare --bbox 10 45 12 46 --before 2024-01-01 --after 2024-06-01 -o change.png
-  satapi compare --bbox 10 45 12 46 --before 2024-01-01 --after 2024-06-01 --json""",
+  satapi compare --bbox 10 45 12 46 --before 2024-01-01 --after 2024-06-01 --json
+  satapi compare --bbox 10 45 12 46 --before 2024-04-01/2024-05-31 --after 2024-07-01/2024-08-31""",
     "timeseries": """examples:
   satapi timeseries --bbox 10 45 12 46 --times 2024-01-01,2024-06-01
   satapi timeseries --bbox 10 45 12 46 --start 2024-01-01 --end 2024-12-01 --step P1M --csv
-  satapi timeseries --bbox 10 45 12 46 --start 2024-01-01 --end 2024-12-01 --step P1M -o s.csv""",
+  satapi timeseries --bbox 10 45 12 46 --start 2024-01-01 --end 2024-12-01 --step P1M -o s.csv
+  satapi timeseries --bbox 10 45 12 46 --start 2024-01-01 --end 2024-12-31 --clearest-per P1M""",
 }
 
 COMMON_EPILOG = f"""
@@ -81,17 +85,21 @@ def add_commands(sub: Any) -> None:
         return parser
 
     image = command("image", "fetch (or reuse) a map image; save it with -o")
-    image.add_argument("--time", help="ISO date sent as the WMS TIME")
+    _time_options(image)
     image.add_argument("-o", "--output", type=Path, help="save the image to this file")
 
     analyze = command("analyze", "analyse an image, streaming the text as it is written")
-    analyze.add_argument("--time", help="ISO date sent as the WMS TIME")
+    _time_options(analyze)
     _analysis_options(analyze)
     analyze.add_argument("-o", "--output", type=Path, help="save the analysed image")
 
     compare = command("compare", "compare two dates of one area (change mask with -o)")
-    compare.add_argument("--before", required=True, help="the earlier date")
-    compare.add_argument("--after", required=True, help="the later date")
+    compare.add_argument(
+        "--before", required=True, help="the earlier date, or START/END for its clearest date"
+    )
+    compare.add_argument(
+        "--after", required=True, help="the later date, or START/END for its clearest date"
+    )
     _analysis_options(compare)
     compare.add_argument(
         "-o", "--output", type=Path, help="save the change mask (local analyzer; else the after)"
@@ -102,8 +110,41 @@ def add_commands(sub: Any) -> None:
     series.add_argument("--start", help="first date (with --end and --step)")
     series.add_argument("--end", help="last date")
     series.add_argument("--step", help="ISO 8601 duration between dates, e.g. P1M")
+    series.add_argument(
+        "--clearest-per",
+        help="instead of --step: the clearest date of each period (e.g. P1M) from start to end",
+    )
     series.add_argument("--csv", action="store_true", help="print CSV")
     series.add_argument("-o", "--output", type=Path, help="write the CSV to this file")
+
+
+def _time_options(parser: argparse.ArgumentParser) -> None:
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument("--time", help="ISO date sent as the WMS TIME")
+    when.add_argument(
+        "--clearest",
+        metavar="START/END",
+        help="instead of --time: the least cloudy of the layer's dates in this window",
+    )
+    parser.add_argument(
+        "--max-candidates", type=int, help="with --clearest: dates previewed (default 12)"
+    )
+    parser.add_argument(
+        "--max-cloud", type=float, help="with --clearest: refuse a best score above this"
+    )
+
+
+def _clearest(window: str, args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {"window": window}
+    for name in ("max_candidates", "max_cloud"):
+        if getattr(args, name, None) is not None:
+            spec[name] = getattr(args, name)
+    return spec
+
+
+def _side(value: str) -> dict[str, Any]:
+    """`--before`/`--after`: a date, or a window START/END whose clearest date is used."""
+    return {"clearest": {"window": value}} if "/" in value else {"time": value}
 
 
 def _analysis_options(parser: argparse.ArgumentParser) -> None:
@@ -164,6 +205,8 @@ def _image_fields(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("time", "prompt", "analyzer"):
         if getattr(args, name, None) is not None:
             fields[name] = getattr(args, name)
+    if getattr(args, "clearest", None) is not None:
+        fields["clearest"] = _clearest(args.clearest, args)
     return fields
 
 
@@ -191,9 +234,11 @@ async def _image(
         _print_json(answer, out)
         return 0
     image = answer.image
+    chosen = f", clearest date {image.time}" if answer.selection is not None else ""
     print(
         f"{image.id}  {image.width}x{image.height} {image.content_type}, {image.bytes} bytes"
-        f"{' (stored)' if image.cached else ''}{f', saved to {args.output}' if saved else ''}",
+        f"{chosen}{' (stored)' if image.cached else ''}"
+        f"{f', saved to {args.output}' if saved else ''}",
         file=out,
     )
     return 0
@@ -223,7 +268,7 @@ async def _analyze(
 async def _compare(
     client: SatapiClient, args: argparse.Namespace, fields: dict[str, Any], out: TextIO
 ) -> int:
-    fields = {**fields, "before": args.before, "after": args.after}
+    fields = {**fields, "before": _side(args.before), "after": _side(args.after)}
     if args.json:
         answer = await client.compare(**fields)
         images = answer.images
@@ -265,7 +310,7 @@ async def _timeseries(
 ) -> int:
     if args.times:
         fields["times"] = [t.strip() for t in args.times.split(",") if t.strip()]
-    for name in ("start", "end", "step"):
+    for name in ("start", "end", "step", "clearest_per"):
         if getattr(args, name):
             fields[name] = getattr(args, name)
     if args.csv or args.output:
@@ -287,13 +332,19 @@ async def _timeseries(
 
 def _print_table(series: TimeseriesResponse, out: TextIO) -> None:
     width = max([len(p.time) for p in series.points] + [4])
-    print("time".ljust(width) + "".join(f"{c:>11}" for c in SERIES_COLUMNS), file=out)
+    chosen = any(p.chosen_time for p in series.points)  # clearest_per: the date of each period
+    cwidth = max([len(p.chosen_time or "") for p in series.points] + [6]) + 2 if chosen else 0
+    head = "time".ljust(width) + ("  " + "chosen".ljust(cwidth - 2) if chosen else "")
+    print(head + "".join(f"{c:>11}" for c in SERIES_COLUMNS), file=out)
     for p in series.points:
+        row = p.time.ljust(width) + (
+            "  " + (p.chosen_time or "").ljust(cwidth - 2) if chosen else ""
+        )
         if p.metrics is None:
-            print(f"{p.time.ljust(width)}  {p.code}: {_one_line(p.error or '')}", file=out)
+            print(f"{row}  {p.code}: {_one_line(p.error or '')}", file=out)
             continue
         cells = "".join(f"{p.metrics.get(c + '_fraction', 0.0):>11.3f}" for c in SERIES_COLUMNS)
-        print(p.time.ljust(width) + cells, file=out)
+        print(row + cells, file=out)
     if series.partial:
         print("(some dates failed)", file=out)
 

@@ -124,6 +124,29 @@ class RedisCallFailed(Event):
     operation: str
 
 
+# Clearest-date selection (issue 13).
+SELECTION_OUTCOMES = ("ok", "cached", "too_cloudy", "error", "cancelled")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SelectionFinished(Event):
+    """A clearest-date selection ran; `outcome` is one of `SELECTION_OUTCOMES`.
+
+    `candidates` previews were scored (or taken from the cache), `failed` of them could not be
+    fetched; `duration_s` covers the previews' downloads and scoring.
+    """
+
+    provider: str
+    layer: str
+    window: str
+    outcome: str
+    candidates: int
+    failed: int
+    duration_s: float
+    chosen: str | None = None
+    error: str | None = None
+
+
 def download_outcome(exc: BaseException) -> str:
     """The download outcome label for an exception raised while downloading."""
     if isinstance(exc, WMSServiceException):

@@ -9,12 +9,19 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from satapi.observability.events import AnalysisFinished, DownloadSettled, Event, request_notes
+from satapi.observability.events import (
+    AnalysisFinished,
+    DownloadSettled,
+    Event,
+    SelectionFinished,
+    request_notes,
+)
 from satapi.redaction import redact
 from satapi.web.middleware import request_id_var
 
 download_log = logging.getLogger("satapi.wms")
 analysis_log = logging.getLogger("satapi.analysis")
+selection_log = logging.getLogger("satapi.selection")
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
@@ -116,6 +123,8 @@ class LogObserver:
                 self._download(event)
             case AnalysisFinished():
                 self._analysis(event)
+            case SelectionFinished():
+                self._selection(event)
 
     @staticmethod
     def _download(event: DownloadSettled) -> None:
@@ -162,5 +171,26 @@ class LogObserver:
                 "duration_ms": round(event.duration_s * 1000, 1),
                 "input_tokens": event.input_tokens,
                 "output_tokens": event.output_tokens,
+            },
+        )
+
+    @staticmethod
+    def _selection(event: SelectionFinished) -> None:
+        level = logging.INFO if event.outcome in ("ok", "cached", "too_cloudy") else logging.WARNING
+        selection_log.log(
+            level,
+            "selection %s",
+            event.outcome,
+            extra={
+                "event": "selection",
+                "provider": event.provider,
+                "layer": event.layer,
+                "window": event.window,
+                "outcome": event.outcome,
+                "chosen": event.chosen,
+                "candidates": event.candidates,
+                "failed": event.failed,
+                "duration_ms": round(event.duration_s * 1000, 1),
+                "error": event.error,
             },
         )

@@ -28,6 +28,7 @@ from satapi.observability.events import (
     LoopLagSampled,
     RedisCallFailed,
     RequestFinished,
+    SelectionFinished,
     Shed,
     StoreCallFailed,
 )
@@ -37,6 +38,7 @@ DOWNLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
 QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 ANALYSIS_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+SELECTION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Outcomes of an image request that involved a download of its own (not a hit or a share).
 TRANSFER_OUTCOMES = frozenset({"ok", "wms_exception", "timeout", "error", "cancelled"})
@@ -303,6 +305,26 @@ class Metrics:
             ["analyzer", "model"],
             registry=r,
         )
+        # Clearest-date selection (issue 13).
+        self.selections = Counter(
+            "satapi_selections",
+            "Clearest-date selections by provider and outcome (ok, cached, too_cloudy, ...).",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self.selection_candidates = Counter(
+            "satapi_selection_candidates",
+            "Candidate previews of clearest-date selections, by status (ok, failed, cached).",
+            ["provider", "status"],
+            registry=r,
+        )
+        self.selection_duration = Histogram(
+            "satapi_selection_duration_seconds",
+            "Time to fetch and score a selection's previews.",
+            ["provider"],
+            buckets=SELECTION_BUCKETS,
+            registry=r,
+        )
 
     # -- scrape-time sources ---------------------------------------------------------------------
 
@@ -377,3 +399,12 @@ class Metrics:
                     self.ai_input_tokens.labels(analyzer, model_label).inc(event.input_tokens)
                 if event.output_tokens:
                     self.ai_output_tokens.labels(analyzer, model_label).inc(event.output_tokens)
+            case SelectionFinished(provider=provider, outcome=outcome):
+                self.selections.labels(provider, outcome).inc()
+                if outcome == "cached":
+                    self.selection_candidates.labels(provider, "cached").inc(event.candidates)
+                else:
+                    ok = event.candidates - event.failed
+                    self.selection_candidates.labels(provider, "ok").inc(ok)
+                    self.selection_candidates.labels(provider, "failed").inc(event.failed)
+                    self.selection_duration.labels(provider).observe(event.duration_s)

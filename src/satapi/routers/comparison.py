@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -12,7 +12,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from satapi.analysis import Analyzed
 from satapi.analyzers.base import Analyzer
-from satapi.deps import AnalysisDep, ImagesDep
+from satapi.deps import AnalysisDep, ImagesDep, SelectorDep
 from satapi.errors import SatapiError
 from satapi.imagery import FetchedImage, ImageService, for_side
 from satapi.models import (
@@ -23,9 +23,11 @@ from satapi.models import (
     ComparisonResponse,
     ComparisonTimings,
     ImageMeta,
+    SelectionOut,
     SideTimings,
 )
-from satapi.routers.streaming import AnalysisSteps, analysis_events
+from satapi.routers.streaming import AnalysisSteps, Report, analysis_events, emit
+from satapi.selection import Chosen, Plan, Selector, for_sides
 from satapi.wms_client import FetchTarget
 
 router = APIRouter(prefix="/api/comparison", tags=["comparison"])
@@ -34,8 +36,68 @@ SIDES = ("before", "after")
 Pair = dict[str, FetchedImage]
 
 
+@dataclass
+class PairPlan:
+    """The two sides of a comparison, validated: a download each, or (with `clearest`) a
+    selection to run first."""
+
+    targets: dict[str, FetchTarget]
+    plans: dict[str, Plan] = field(default_factory=dict)
+
+
+@dataclass
+class Got:
+    """The downloaded pair, and how the dates of `clearest` sides were chosen."""
+
+    pair: Pair
+    selection: dict[str, SelectionOut] | None = None
+
+
+async def plan_pair(images: ImageService, selector: Selector, body: ComparisonRequest) -> PairPlan:
+    """Validate both sides before anything is downloaded (the `clearest` windows of both
+    are planned concurrently)."""
+    targets = pair_targets(images, body)
+    work: dict[str, Awaitable[Plan]] = {}
+    for side in SIDES:
+        chosen = body.before if side == "before" else body.after
+        if chosen is not None and chosen.clearest is not None:
+            provider = images.client.provider(body.provider or images.default_provider)
+            request = body.getmap(provider.default_layer, layer=chosen.layer)
+            work[side] = selector.plan(body.provider, request, chosen.clearest.spec())
+    return PairPlan(targets=targets, plans=await for_sides(work))
+
+
+async def fetch_pair(
+    plan: PairPlan, images: ImageService, selector: Selector, report: Report | None = None
+) -> Got:
+    """Run the selections (both windows at once), then download the pair concurrently."""
+    targets = dict(plan.targets)
+    selection: dict[str, SelectionOut] | None = None
+    if plan.plans:
+        runs: dict[str, Awaitable[Chosen]] = {
+            side: selector.run(p, _for_side(report, side)) for side, p in plan.plans.items()
+        }
+        chosen = await for_sides(runs)
+        selection = {}
+        for side in SIDES:
+            if side in chosen:
+                targets[side] = chosen[side].target
+                selection[side] = SelectionOut.of(chosen[side].selection)
+                if report is not None:
+                    data = selection[side].model_dump(mode="json")
+                    emit(report, "selection", {"side": side, **data})
+    stage = None if report is None else (lambda side, s: report({"stage": s, "side": side}))
+    pair = await images.fetch_all({side: targets[side] for side in SIDES}, on_stage=stage)
+    return Got(pair=pair, selection=selection)
+
+
+def _for_side(report: Report | None, side: str) -> Report | None:
+    return None if report is None else (lambda item: report({**item, "side": side}))
+
+
 def pair_targets(images: ImageService, body: ComparisonRequest) -> dict[str, FetchTarget]:
-    """The two downloads a comparison stands for, validated before anything is fetched."""
+    """The downloads of the sides with a `time` (or none), validated before anything is
+    fetched; a `clearest` side gets its target from its selection."""
     targets: dict[str, FetchTarget] = {}
     for side in SIDES:
         try:
@@ -45,6 +107,8 @@ def pair_targets(images: ImageService, body: ComparisonRequest) -> dict[str, Fet
                 continue
             chosen = body.before if side == "before" else body.after
             assert chosen is not None
+            if chosen.clearest is not None:
+                continue
             provider = images.client.provider(body.provider or images.default_provider)
             request = body.getmap(provider.default_layer, time=chosen.time, layer=chosen.layer)
             targets[side] = images.target(body.provider, request)
@@ -53,32 +117,34 @@ def pair_targets(images: ImageService, body: ComparisonRequest) -> dict[str, Fet
     return targets
 
 
-async def download_targets(body: ComparisonRequest, images: ImagesDep) -> dict[str, FetchTarget]:
-    """Dependency: the validated pair of downloads."""
-    return pair_targets(images, body)
+async def download_plan(
+    body: ComparisonRequest, images: ImagesDep, selector: SelectorDep
+) -> PairPlan:
+    """Dependency: the validated pair of downloads (or selections)."""
+    return await plan_pair(images, selector, body)
 
 
 @dataclass
 class ComparisonJob:
     """A validated comparison analysis: two downloads, the analyzer, the question."""
 
-    targets: dict[str, FetchTarget]
+    plan: PairPlan
     analyzer: Analyzer
     prompt: str | None
 
 
 async def analyze_job(
-    body: ComparisonAnalyzeRequest, images: ImagesDep, analysis: AnalysisDep
+    body: ComparisonAnalyzeRequest,
+    images: ImagesDep,
+    selector: SelectorDep,
+    analysis: AnalysisDep,
 ) -> ComparisonJob:
     """Dependency: validate everything before any download or stream starts."""
-    return ComparisonJob(
-        targets=pair_targets(images, body),
-        analyzer=analysis.choose(body.analyzer),
-        prompt=body.prompt,
-    )
+    plan = await plan_pair(images, selector, body)
+    return ComparisonJob(plan=plan, analyzer=analysis.choose(body.analyzer), prompt=body.prompt)
 
 
-PairTargets = Annotated[dict[str, FetchTarget], Depends(download_targets)]
+PairPlanDep = Annotated[PairPlan, Depends(download_plan)]
 JobDep = Annotated[ComparisonJob, Depends(analyze_job)]
 
 
@@ -110,19 +176,26 @@ def _metas(pair: Pair) -> dict[str, ImageMeta]:
     response_model=ComparisonDownloadResponse,
 )
 async def download_pair(
-    targets: PairTargets,
+    plan: PairPlanDep,
     images: ImagesDep,
+    selector: SelectorDep,
 ) -> ComparisonDownloadResponse:
     """Both images download at the same time, under the same limits: two 1-second downloads take
     about one second. If one fails, the other is cancelled and the error names the side
-    (`"side": "before" | "after"` in the envelope)."""
+    (`"side": "before" | "after"` in the envelope). A side with `clearest` gets the least cloudy
+    date of its window; both windows are resolved at the same time (`selection` says how)."""
     started = time.perf_counter()
-    pair = await images.fetch_all(targets)
-    return ComparisonDownloadResponse(images=_metas(pair), timings=_timings(pair, started))
+    got = await fetch_pair(plan, images, selector)
+    return ComparisonDownloadResponse(
+        images=_metas(got.pair),
+        timings=_timings(got.pair, started),
+        selection=got.selection,
+    )
 
 
-def comparison_response(pair: Pair, analyzed: Analyzed, started: float) -> ComparisonResponse:
+def comparison_response(got: Got, analyzed: Analyzed, started: float) -> ComparisonResponse:
     """The 200 answer of the comparison analysis (also the stream's `result` event)."""
+    pair = got.pair
     metas = _metas(pair)
     for name, record in analyzed.images.items():
         metas[name] = ImageMeta.from_record(record, cached=analyzed.cached)
@@ -131,6 +204,7 @@ def comparison_response(pair: Pair, analyzed: Analyzed, started: float) -> Compa
         images=metas,
         analysis=AnalysisOut(**analyzed.as_dict()),
         timings=_timings(pair, started, analyzed.analysis_s),
+        selection=got.selection,
     )
 
 
@@ -145,6 +219,7 @@ def _labelled(pair: Pair) -> list[tuple[str, FetchedImage]]:
 )
 async def analyze_pair(
     images: ImagesDep,
+    selector: SelectorDep,
     analysis: AnalysisDep,
     job: JobDep,
 ) -> ComparisonResponse:
@@ -156,27 +231,26 @@ async def analyze_pair(
     losses in distinct colours.
     """
     started = time.perf_counter()
-    pair = await images.fetch_all(job.targets)
-    analyzed = await analysis.run(job.analyzer, _labelled(pair), job.prompt)
-    answer = comparison_response(pair, analyzed, started)
+    got = await fetch_pair(job.plan, images, selector)
+    analyzed = await analysis.run(job.analyzer, _labelled(got.pair), job.prompt)
+    answer = comparison_response(got, analyzed, started)
     await analysis.save(analyzed, answer.model_dump(mode="json"))
     return answer
 
 
 def _stream(
-    job: ComparisonJob, images: ImagesDep, analysis: AnalysisDep
+    job: ComparisonJob, images: ImageService, selector: Selector, analysis: AnalysisDep
 ) -> AsyncIterator[ServerSentEvent]:
     started = time.perf_counter()
-    steps: AnalysisSteps[Pair] = AnalysisSteps(
-        fetch=lambda report: images.fetch_all(
-            job.targets, on_stage=lambda side, stage: report({"stage": stage, "side": side})
-        ),
-        image_events=lambda pair: [
-            {"side": side, **meta.model_dump(mode="json")} for side, meta in _metas(pair).items()
+    steps: AnalysisSteps[Got] = AnalysisSteps(
+        fetch=lambda report: fetch_pair(job.plan, images, selector, report),
+        image_events=lambda got: [
+            {"side": side, **meta.model_dump(mode="json")}
+            for side, meta in _metas(got.pair).items()
         ],
-        cached=lambda pair: all(pair[side].cached for side in SIDES),
-        analyze=lambda pair: analysis.stream(job.analyzer, _labelled(pair), job.prompt),
-        answer=lambda pair, a: comparison_response(pair, a, started).model_dump(mode="json"),
+        cached=lambda got: all(got.pair[side].cached for side in SIDES),
+        analyze=lambda got: analysis.stream(job.analyzer, _labelled(got.pair), job.prompt),
+        answer=lambda got, a: comparison_response(got, a, started).model_dump(mode="json"),
         save=analysis.save,
         analyzer=job.analyzer.name,
     )
@@ -190,10 +264,12 @@ def _stream(
 )
 async def analyze_pair_stream(
     images: ImagesDep,
+    selector: SelectorDep,
     analysis: AnalysisDep,
     job: JobDep,
 ) -> AsyncIterable[ServerSentEvent]:
-    """The same events as the vision stream: `status`, `image` (one per side, with `side`),
-    `delta`, `result` (the body of POST /api/comparison/analyze), or `error`."""
-    async for event in _stream(job, images, analysis):
+    """The same events as the vision stream: `status`, `selection` (one per `clearest` side,
+    with `side`), `image` (one per side, with `side`), `delta`, `result` (the body of
+    POST /api/comparison/analyze), or `error`."""
+    async for event in _stream(job, images, selector, analysis):
         yield event

@@ -9,10 +9,18 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path
 from fastapi.responses import Response, StreamingResponse
 
-from satapi.deps import ImagesDep, StoreDep
+from satapi.deps import ImagesDep, SelectorDep, StoreDep
 from satapi.errors import NotFound
 from satapi.imagery import FetchedImage, ImageService
-from satapi.models import ImageMeta, ImageRequest, ImageResponse, ImageTimings, StoredImageMeta
+from satapi.models import (
+    ImageMeta,
+    ImageRequest,
+    ImageResponse,
+    ImageTimings,
+    SelectionOut,
+    StoredImageMeta,
+)
+from satapi.selection import Plan, Selector
 from satapi.storage import ID_PATTERN, ImageRecord, ImageStore
 from satapi.wms_client import FetchTarget
 
@@ -32,6 +40,16 @@ def target_for(images: ImageService, body: ImageRequest) -> FetchTarget:
     return images.target(body.provider, body.getmap(provider.default_layer, time=body.time))
 
 
+async def plan_for(selector: Selector, body: ImageRequest) -> Plan | None:
+    """With `clearest`: the validated selection (candidate dates listed, nothing fetched)."""
+    if body.clearest is None:
+        return None
+    provider = selector.images.client.provider(body.provider or selector.images.default_provider)
+    return await selector.plan(
+        body.provider, body.getmap(provider.default_layer), body.clearest.spec()
+    )
+
+
 def image_meta(fetched: FetchedImage) -> ImageMeta:
     """The public metadata of a fetched image."""
     return ImageMeta.from_record(fetched.record, cached=fetched.cached)
@@ -40,14 +58,24 @@ def image_meta(fetched: FetchedImage) -> ImageMeta:
 @router.post(
     "", summary="Fetch a map image (or reuse the stored one)", response_model=ImageResponse
 )
-async def fetch_image(body: ImageRequest, images: ImagesDep) -> ImageResponse:
+async def fetch_image(
+    body: ImageRequest, images: ImagesDep, selector: SelectorDep
+) -> ImageResponse:
     """Download the GetMap image once, store it by the request's hash, and return its metadata.
 
     An identical request is served from the store; identical concurrent requests share one
-    download.
+    download. With `clearest` instead of `time`, small previews of the window's dates are
+    scored for cloud and no-data first, and the clearest date is fetched (`selection` says how).
     """
     started = time.perf_counter()
-    fetched = await images.fetch(target_for(images, body))
+    plan = await plan_for(selector, body)
+    selection = None
+    if plan is None:
+        target = target_for(images, body)
+    else:
+        chosen = await selector.run(plan)
+        target, selection = chosen.target, SelectionOut.of(chosen.selection)
+    fetched = await images.fetch(target)
     return ImageResponse(
         image=image_meta(fetched),
         timings=ImageTimings(
@@ -55,6 +83,7 @@ async def fetch_image(body: ImageRequest, images: ImagesDep) -> ImageResponse:
             download_s=round(fetched.download_s, 4),
             total_s=round(time.perf_counter() - started, 4),
         ),
+        selection=selection,
     )
 
 

@@ -51,6 +51,11 @@ class EventStream:
         return self.event("error", {**data, "retry_after": seconds}, retry_ms=seconds * 1000)
 
 
+def emit(report: Report, name: str, data: dict[str, Any]) -> None:
+    """Have `analysis_events` send an event called `name` while the fetch step runs."""
+    report({"event": name, "data": data})
+
+
 @dataclass
 class Done(Generic[T]):
     """The result of the work `with_reports` ran."""
@@ -92,7 +97,9 @@ async def with_reports(
 class AnalysisSteps(Generic[T]):
     """What differs between the analysis streams (one image, or a before/after pair)."""
 
-    fetch: Callable[[Report], Awaitable[T]]  # download; reports {"stage": "downloading", ...}
+    # Select (with `clearest`) and download; reports {"stage": "selecting" | "downloading", ...}
+    # and events of its own (`emit`).
+    fetch: Callable[[Report], Awaitable[T]]
     image_events: Callable[[T], list[dict[str, Any]]]  # one `image` event each
     cached: Callable[[T], bool]
     analyze: Callable[[T], AsyncIterator[TextDelta | Analyzed]]
@@ -102,7 +109,8 @@ class AnalysisSteps(Generic[T]):
 
 
 async def analysis_events(steps: AnalysisSteps[T]) -> AsyncIterator[ServerSentEvent]:
-    """status queued -> downloading -> downloaded -> image(s) -> analyzing -> delta* -> result.
+    """status queued -> [selecting -> selection(s)] -> downloading -> downloaded -> image(s) ->
+    analyzing -> delta* -> result.
 
     A failure after the stream started becomes an `error` event, then the stream ends.
     """
@@ -113,9 +121,11 @@ async def analysis_events(steps: AnalysisSteps[T]) -> AsyncIterator[ServerSentEv
         async for item in with_reports(steps.fetch):
             if isinstance(item, Done):
                 fetched = item.value
-            elif item.get("stage") == "downloading":
+            elif "event" in item:  # an event of its own, e.g. `selection` (see `emit`)
+                yield events.event(item["event"], item["data"])
+            elif item.get("stage") in ("selecting", "downloading"):
                 yield events.status(
-                    "downloading", **{k: v for k, v in item.items() if k != "stage"}
+                    item["stage"], **{k: v for k, v in item.items() if k != "stage"}
                 )
         assert fetched is not None
         yield events.status("downloaded", cached=steps.cached(fetched))

@@ -12,10 +12,17 @@ from fastapi import APIRouter, Header
 from fastapi.responses import Response
 
 from satapi.analysis import AnalysisService
-from satapi.deps import AnalysisDep, ImagesDep, SettingsDep
-from satapi.errors import SatapiError
+from satapi.deps import AnalysisDep, ImagesDep, SelectorDep, SettingsDep
+from satapi.errors import NoDatesInWindow, SatapiError
 from satapi.imagery import FetchedImage, ImageService
-from satapi.models import ImageMeta, TimeseriesPoint, TimeseriesRequest, TimeseriesResponse
+from satapi.models import (
+    ImageMeta,
+    SelectionOut,
+    TimeseriesPoint,
+    TimeseriesRequest,
+    TimeseriesResponse,
+)
+from satapi.selection import Chosen, ClearestSpec, Selector, period_windows
 from satapi.timedim import check_count, expand_range, parse_when, time_available
 from satapi.wms_client import FetchTarget
 
@@ -69,6 +76,61 @@ async def _measure(
     return analyzed.metrics
 
 
+async def _choose(selector: Selector, body: TimeseriesRequest, window: str) -> Chosen | SatapiError:
+    provider = selector.images.client.provider(body.provider or selector.images.default_provider)
+    spec = ClearestSpec(window=window, max_candidates=body.max_candidates, max_cloud=body.max_cloud)
+    try:
+        return await selector.select(body.provider, body.getmap(provider.default_layer), spec)
+    except SatapiError as exc:
+        return exc
+
+
+async def clearest_series(
+    body: TimeseriesRequest,
+    images: ImageService,
+    selector: Selector,
+    analysis: AnalysisService,
+    limit: int,
+) -> TimeseriesResponse:
+    """One window per `clearest_per` period, all selected concurrently: each point is the
+    clearest date of its window (`no_data` when the window has none), fetched and measured."""
+    assert body.clearest_per and body.start and body.end
+    windows = period_windows(body.start, body.end, body.clearest_per, limit=limit)
+    provider = images.client.provider(body.provider or images.default_provider)
+    images.target(body.provider, body.getmap(provider.default_layer))  # 422 before any network
+    picked = await asyncio.gather(*(_choose(selector, body, w) for w in windows))
+    points: dict[str, TimeseriesPoint] = {}
+    chosen: dict[str, Chosen] = {}
+    for window, result in zip(windows, picked, strict=True):
+        start = window.split("/")[0]
+        if isinstance(result, NoDatesInWindow):
+            points[start] = TimeseriesPoint(time=start, error=result.message, code="no_data")
+        elif isinstance(result, SatapiError):
+            points[start] = TimeseriesPoint(time=start, error=result.message, code=result.code)
+        else:
+            chosen[start] = result
+    fetched = await images.fetch_each({start: c.target for start, c in chosen.items()})
+    ok = {t: f for t, f in fetched.items() if isinstance(f, FetchedImage)}
+    measured = await asyncio.gather(*(_measure(analysis, f) for f in ok.values()))
+    metrics_of = dict(zip(ok, measured, strict=True))
+    for start, c in chosen.items():
+        picked_point = TimeseriesPoint(
+            time=start,
+            chosen_time=c.selection.chosen,
+            selection=SelectionOut.of(c.selection),
+        )
+        image = fetched[start]
+        outcome = metrics_of.get(start, image)
+        if isinstance(outcome, SatapiError):
+            picked_point.error, picked_point.code = outcome.message, outcome.code
+        elif isinstance(image, FetchedImage) and isinstance(outcome, dict):
+            picked_point.image = ImageMeta.from_record(image.record, cached=image.cached)
+            picked_point.metrics = outcome
+        points[start] = picked_point
+    ordered = [points[w.split("/")[0]] for w in windows]
+    return TimeseriesResponse(partial=any(p.error for p in ordered), points=ordered)
+
+
 async def build_series(
     body: TimeseriesRequest, images: ImageService, analysis: AnalysisService, limit: int
 ) -> TimeseriesResponse:
@@ -109,10 +171,13 @@ async def build_series(
 
 
 def to_csv(series: TimeseriesResponse) -> str:
-    """One row per date: time, status, image id, the metrics, and the error code and text."""
+    """One row per date: time, status, image id, the metrics, the error code and text, and the
+    chosen date (with clearest_per)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["time", "status", "image_id", *METRIC_COLUMNS, "code", "error"])
+    # chosen_time goes last: positional readers of the older columns keep working.
+    header = ["time", "status", "image_id", *METRIC_COLUMNS, "code", "error", "chosen_time"]
+    writer.writerow(header)
     for p in series.points:
         metrics = p.metrics or {}
         writer.writerow(
@@ -123,6 +188,7 @@ def to_csv(series: TimeseriesResponse) -> str:
                 *(metrics.get(c, "") for c in METRIC_COLUMNS),
                 p.code or "",
                 p.error or "",
+                p.chosen_time or "",
             ]
         )
     return out.getvalue()
@@ -137,6 +203,7 @@ def to_csv(series: TimeseriesResponse) -> str:
 async def timeseries(
     body: TimeseriesRequest,
     images: ImagesDep,
+    selector: SelectorDep,
     analysis: AnalysisDep,
     settings: SettingsDep,
     accept: Annotated[str | None, Header()] = None,
@@ -147,8 +214,17 @@ async def timeseries(
     `partial` is true. When the provider's capabilities list TIME values, dates the layer does
     not have are reported (`time_not_available`), not silently snapped. `Accept: text/csv`
     returns the metrics as CSV.
+
+    With `clearest_per` (e.g. P1M) instead of `step`, `start`/`end` are cut into one window
+    per period and each point is the least cloudy date of its window (`chosen_time`, with the
+    candidates' scores in `selection`); a period without any date is a point with code
+    `no_data`.
     """
-    series = await build_series(body, images, analysis, settings.max_timeseries_dates)
+    limit = settings.max_timeseries_dates
+    if body.clearest_per is not None:
+        series = await clearest_series(body, images, selector, analysis, limit)
+    else:
+        series = await build_series(body, images, analysis, limit)
     if accept and "text/csv" in accept:
         return Response(to_csv(series), media_type="text/csv")
     return series

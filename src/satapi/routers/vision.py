@@ -14,18 +14,20 @@ from pydantic import ValidationError
 
 from satapi.analysis import Analyzed
 from satapi.analyzers.base import Analyzer
-from satapi.deps import AnalysisDep, ImagesDep
-from satapi.imagery import FetchedImage
+from satapi.deps import AnalysisDep, ImagesDep, SelectorDep
+from satapi.imagery import FetchedImage, ImageService
 from satapi.models import (
     AnalysisOut,
     AnalysisTimings,
     AnalyzerName,
     ImageMeta,
+    SelectionOut,
     VisionRequest,
 )
 from satapi.models import VisionResponse as VisionResponseModel
-from satapi.routers.images import target_for
-from satapi.routers.streaming import AnalysisSteps, analysis_events
+from satapi.routers.images import plan_for, target_for
+from satapi.routers.streaming import AnalysisSteps, Report, analysis_events, emit
+from satapi.selection import Plan, Selector
 from satapi.wms_client import FetchTarget
 
 router = APIRouter(prefix="/api/vision", tags=["vision"])
@@ -33,28 +35,46 @@ router = APIRouter(prefix="/api/vision", tags=["vision"])
 
 @dataclass
 class VisionJob:
-    """A validated analysis request: what to download and who analyses it."""
+    """A validated analysis request: what to download (or select) and who analyses it."""
 
-    target: FetchTarget
+    target: FetchTarget | None  # None with `clearest`: the plan decides
+    plan: Plan | None
     analyzer: Analyzer
     prompt: str | None
 
 
-def _job(body: VisionRequest, images: ImagesDep, analysis: AnalysisDep) -> VisionJob:
+@dataclass
+class Got:
+    """The downloaded image, and how its date was chosen (with `clearest`)."""
+
+    fetched: FetchedImage
+    selection: SelectionOut | None = None
+
+
+async def _job(
+    body: VisionRequest, images: ImageService, selector: Selector, analysis: AnalysisDep
+) -> VisionJob:
+    target = target_for(images, body) if body.clearest is None else None
+    analyzer = analysis.choose(body.analyzer)  # before the plan reads any capabilities
+    plan = await plan_for(selector, body)
     return VisionJob(
-        target=target_for(images, body),
-        analyzer=analysis.choose(body.analyzer),
+        target=target,
+        plan=plan,
+        analyzer=analyzer,
         prompt=body.prompt,
     )
 
 
-async def job_from_body(body: VisionRequest, images: ImagesDep, analysis: AnalysisDep) -> VisionJob:
+async def job_from_body(
+    body: VisionRequest, images: ImagesDep, selector: SelectorDep, analysis: AnalysisDep
+) -> VisionJob:
     """Validate a JSON body before anything streams, so bad input gets a plain JSON error."""
-    return _job(body, images, analysis)
+    return await _job(body, images, selector, analysis)
 
 
 async def job_from_query(
     images: ImagesDep,
+    selector: SelectorDep,
     analysis: AnalysisDep,
     bbox: Annotated[
         str | None,
@@ -64,6 +84,16 @@ async def job_from_query(
     layer: Annotated[str | None, Query(max_length=256)] = None,
     crs: Annotated[str, Query(max_length=32)] = "EPSG:4326",
     time: Annotated[str | None, Query(max_length=64, examples=["2024-06-01"])] = None,
+    clearest: Annotated[
+        str | None,
+        Query(
+            max_length=80,
+            description="Instead of time: a window start/end; the clearest date in it is used.",
+            examples=["2024-05-01/2024-09-30"],
+        ),
+    ] = None,
+    max_candidates: Annotated[int | None, Query(description="With clearest.")] = None,
+    max_cloud: Annotated[float | None, Query(description="With clearest.")] = None,
     width: Annotated[int, Query(ge=1, le=16384)] = 512,
     height: Annotated[int, Query(ge=1, le=16384)] = 512,
     format: Annotated[str, Query(max_length=32)] = "image/png",
@@ -84,6 +114,12 @@ async def job_from_query(
         "analyzer": analyzer,
         "wms_url": wms_url,
     }
+    limits = {"max_candidates": max_candidates, "max_cloud": max_cloud}
+    limits = {k: v for k, v in limits.items() if v is not None}
+    if clearest is not None:
+        raw["clearest"] = {"window": clearest, **limits}
+    else:
+        raw.update(limits)  # without clearest they are unknown fields: validation says so
     if bbox is not None:
         try:
             raw["bbox"] = [float(v) for v in bbox.split(",")]
@@ -94,17 +130,32 @@ async def job_from_query(
     except ValidationError as exc:
         errors = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]
         raise RequestValidationError(errors) from None
-    return _job(body, images, analysis)
+    return await _job(body, images, selector, analysis)
 
 
 BodyJob = Annotated[VisionJob, Depends(job_from_body)]
 QueryJob = Annotated[VisionJob, Depends(job_from_query)]
 
 
-def vision_response(
-    fetched: FetchedImage, analyzed: Analyzed, started: float
-) -> VisionResponseModel:
+async def fetch_job(
+    job: VisionJob, images: ImageService, selector: Selector, report: Report | None = None
+) -> Got:
+    """Select the date (with `clearest`; the stream hears `selecting` and `selection`), then
+    download the image."""
+    on_stage = None if report is None else (lambda stage: report({"stage": stage}))
+    if job.plan is None:
+        assert job.target is not None
+        return Got(await images.fetch(job.target, on_stage=on_stage))
+    chosen = await selector.run(job.plan, report)
+    selection = SelectionOut.of(chosen.selection)
+    if report is not None:
+        emit(report, "selection", selection.model_dump(mode="json"))
+    return Got(await images.fetch(chosen.target, on_stage=on_stage), selection)
+
+
+def vision_response(got: Got, analyzed: Analyzed, started: float) -> VisionResponseModel:
     """The 200 answer (also the stream's `result` event)."""
+    fetched = got.fetched
     return VisionResponseModel(
         analysis_id=analyzed.analysis_id,
         image=ImageMeta.from_record(fetched.record, cached=fetched.cached),
@@ -115,6 +166,7 @@ def vision_response(
             analysis_s=round(analyzed.analysis_s, 4),
             total_s=round(time.perf_counter() - started, 4),
         ),
+        selection=got.selection,
     )
 
 
@@ -124,7 +176,7 @@ def vision_response(
     response_model=VisionResponseModel,
 )
 async def analyze_satellite(
-    job: BodyJob, images: ImagesDep, analysis: AnalysisDep
+    job: BodyJob, images: ImagesDep, selector: SelectorDep, analysis: AnalysisDep
 ) -> VisionResponseModel:
     """Download the image (or reuse it) and analyse it with Claude or the local pixel analyzer.
 
@@ -132,27 +184,25 @@ async def analyze_satellite(
     cache without a new AI call.
     """
     started = time.perf_counter()
-    fetched = await images.fetch(job.target)
-    analyzed = await analysis.run(job.analyzer, [("image", fetched)], job.prompt)
-    answer = vision_response(fetched, analyzed, started)
+    got = await fetch_job(job, images, selector)
+    analyzed = await analysis.run(job.analyzer, [("image", got.fetched)], job.prompt)
+    answer = vision_response(got, analyzed, started)
     await analysis.save(analyzed, answer.model_dump(mode="json"))
     return answer
 
 
 def _stream(
-    job: VisionJob, images: ImagesDep, analysis: AnalysisDep
+    job: VisionJob, images: ImageService, selector: Selector, analysis: AnalysisDep
 ) -> AsyncIterator[ServerSentEvent]:
     started = time.perf_counter()
-    steps: AnalysisSteps[FetchedImage] = AnalysisSteps(
-        fetch=lambda report: images.fetch(
-            job.target, on_stage=lambda stage: report({"stage": stage})
-        ),
-        image_events=lambda f: [
-            ImageMeta.from_record(f.record, cached=f.cached).model_dump(mode="json")
+    steps: AnalysisSteps[Got] = AnalysisSteps(
+        fetch=lambda report: fetch_job(job, images, selector, report),
+        image_events=lambda g: [
+            ImageMeta.from_record(g.fetched.record, cached=g.fetched.cached).model_dump(mode="json")
         ],
-        cached=lambda f: f.cached,
-        analyze=lambda f: analysis.stream(job.analyzer, [("image", f)], job.prompt),
-        answer=lambda f, a: vision_response(f, a, started).model_dump(mode="json"),
+        cached=lambda g: g.fetched.cached,
+        analyze=lambda g: analysis.stream(job.analyzer, [("image", g.fetched)], job.prompt),
+        answer=lambda g, a: vision_response(g, a, started).model_dump(mode="json"),
         save=analysis.save,
         analyzer=job.analyzer.name,
     )
@@ -160,7 +210,8 @@ def _stream(
 
 
 STREAM_DOC = """Events, each with an `id` and JSON `data`:
-`status` (`{"stage": "queued" | "downloading" | "downloaded" | "analyzing"}`),
+`status` (`{"stage": "queued" | "selecting" | "downloading" | "downloaded" | "analyzing"}`),
+`selection` (with `clearest`: every candidate's scores and the chosen date),
 `image` (the image's metadata), `delta` (`{"text": ...}` as the analysis is written),
 `result` (exactly the body of POST /api/vision/analyze_satellite), then the stream ends.
 A failure after the stream started is an `error` event (`{"code", "error"}`). Invalid input
@@ -174,10 +225,10 @@ is refused before streaming with a normal JSON error."""
     description=STREAM_DOC,
 )
 async def analyze_satellite_stream(
-    job: BodyJob, images: ImagesDep, analysis: AnalysisDep
+    job: BodyJob, images: ImagesDep, selector: SelectorDep, analysis: AnalysisDep
 ) -> AsyncIterable[ServerSentEvent]:
     """Streamed analysis (POST with the JSON body)."""
-    async for event in _stream(job, images, analysis):
+    async for event in _stream(job, images, selector, analysis):
         yield event
 
 
@@ -189,8 +240,8 @@ async def analyze_satellite_stream(
     + "\n\nQuery parameters mirror the JSON body; `bbox=minx,miny,maxx,maxy`.",
 )
 async def analyze_satellite_stream_get(
-    job: QueryJob, images: ImagesDep, analysis: AnalysisDep
+    job: QueryJob, images: ImagesDep, selector: SelectorDep, analysis: AnalysisDep
 ) -> AsyncIterable[ServerSentEvent]:
     """Streamed analysis (GET with query parameters)."""
-    async for event in _stream(job, images, analysis):
+    async for event in _stream(job, images, selector, analysis):
         yield event
