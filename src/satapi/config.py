@@ -34,15 +34,39 @@ EOX_ATTRIBUTION = (
     "(Contains modified Copernicus Sentinel data)"
 )
 
+# --- Sentinel Hub / CDSE Process API providers (issue 12) ---------------------------------------
+CDSE_URL = "https://sh.dataspace.copernicus.eu"
+CDSE_OAUTH_URL = (
+    "https://identity.dataspace.copernicus.eu/auth/realms/CDSE/protocol/openid-connect/token"
+)
+SENTINELHUB_URL = "https://services.sentinel-hub.com"
+SENTINELHUB_OAUTH_URL = (
+    "https://services.sentinel-hub.com/auth/realms/main/protocol/openid-connect/token"
+)
+COPERNICUS_ATTRIBUTION = "Contains modified Copernicus Sentinel data"
+# Built-in providers that need credentials: left out until client_id and client_secret are given.
+CREDENTIAL_BUILTINS = frozenset({"cdse", "sentinelhub"})
+
 
 class ProviderConfig(BaseModel):
-    """One WMS server the service fetches from."""
+    """One imagery server the service fetches from: a WMS server, or a Sentinel Hub Process API."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    url: str = Field(description="The GetMap/GetCapabilities endpoint, without a query string.")
+    kind: Literal["wms", "sentinelhub"] = Field(
+        default="wms", description="`wms` (GetMap) or `sentinelhub` (Process API, OAuth)."
+    )
+    url: str = Field(
+        description=(
+            "wms: the GetMap/GetCapabilities endpoint, without a query string; "
+            "sentinelhub: the API base (the Process API is {url}/api/v1/process)."
+        )
+    )
     version: Literal["1.1.1", "1.3.0"] = "1.3.0"
-    default_layer: str
+    default_layer: str | None = Field(
+        default=None,
+        description="Required for wms; a sentinelhub provider's layer is its collection.",
+    )
     title: str | None = None
     attribution: str | None = None
     max_concurrency: int = Field(default=8, ge=1, le=1000)
@@ -51,9 +75,32 @@ class ProviderConfig(BaseModel):
     secret_params: dict[str, SecretStr] = Field(default_factory=dict)
     enabled: bool = Field(default=True, description="false removes a built-in provider.")
 
-    @field_validator("url")
+    # kind = "sentinelhub" (issue 12): OAuth client credentials and the Process API request.
+    token_url: str | None = Field(
+        default=None, description="sentinelhub: the OAuth2 token endpoint (client credentials)."
+    )
+    client_id: str | None = None
+    client_secret: SecretStr | None = Field(
+        default=None, description="sentinelhub: redacted everywhere, like secret_params."
+    )
+    collection: str = Field(
+        default="sentinel-2-l2a",
+        pattern=r"^[A-Za-z0-9_.:\-]{1,128}$",
+        description="sentinelhub: input.data[].type, e.g. sentinel-2-l2a; the provider's layer.",
+    )
+    evalscript: str | None = Field(
+        default=None,
+        max_length=100_000,
+        description="sentinelhub: the evalscript; default true colour (B04, B03, B02, gain 2.5).",
+    )
+    max_cloud_coverage: float = Field(default=100.0, ge=0.0, le=100.0)
+    mosaicking_order: Literal["mostRecent", "leastRecent", "leastCC"] = "leastCC"
+
+    @field_validator("url", "token_url")
     @classmethod
-    def _check_url(cls, value: str) -> str:
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http(s) URL with a host")
@@ -62,6 +109,26 @@ class ProviderConfig(BaseModel):
         if parts.query or parts.fragment:
             raise ValueError("must not contain a query string; use params")
         return value
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> ProviderConfig:
+        if self.kind == "wms" and not self.default_layer:
+            raise ValueError("a wms provider needs default_layer")
+        if self.kind == "sentinelhub" and self.token_url is None:
+            raise ValueError("a sentinelhub provider needs token_url")
+        return self
+
+    @property
+    def layer(self) -> str:
+        """The layer used when a request names none: default_layer, or the collection."""
+        return self.default_layer or self.collection
+
+    @property
+    def has_credentials(self) -> bool:
+        """True when both OAuth client credentials are set (sentinelhub)."""
+        return bool(self.client_id) and bool(
+            self.client_secret and self.client_secret.get_secret_value()
+        )
 
     @property
     def origin(self) -> tuple[str, str, int]:
@@ -97,6 +164,23 @@ def builtin_providers() -> dict[str, ProviderConfig]:
             default_layer="s2cloudless-2023",
             title="EOX Sentinel-2 cloudless",
             attribution=EOX_ATTRIBUTION,
+            max_concurrency=4,
+        ),
+        # Disabled until client_id and client_secret are given (see Settings._drop_disabled).
+        "cdse": ProviderConfig(
+            kind="sentinelhub",
+            url=CDSE_URL,
+            token_url=CDSE_OAUTH_URL,
+            title="Copernicus Data Space Ecosystem (Process API)",
+            attribution=COPERNICUS_ATTRIBUTION,
+            max_concurrency=4,
+        ),
+        "sentinelhub": ProviderConfig(
+            kind="sentinelhub",
+            url=SENTINELHUB_URL,
+            token_url=SENTINELHUB_OAUTH_URL,
+            title="Sentinel Hub (Process API)",
+            attribution=COPERNICUS_ATTRIBUTION,
             max_concurrency=4,
         ),
     }
@@ -313,7 +397,17 @@ class Settings(BaseSettings):
     @field_validator("providers")
     @classmethod
     def _drop_disabled(cls, value: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
-        return {name: p for name, p in value.items() if p.enabled}
+        kept: dict[str, ProviderConfig] = {}
+        for name, p in value.items():
+            if not p.enabled:
+                continue
+            if p.kind == "sentinelhub" and not p.has_credentials:
+                given = p.client_id or p.client_secret is not None
+                if name in CREDENTIAL_BUILTINS and not given:
+                    continue  # a built-in OAuth provider stays off until credentials are given
+                raise ValueError(f"provider {name!r} needs both client_id and client_secret")
+            kept[name] = p
+        return kept
 
     @model_validator(mode="after")
     def _check_default_provider(self) -> Settings:
@@ -352,6 +446,8 @@ class Settings(BaseSettings):
             values.append(self.anthropic_api_key.get_secret_value())
         for provider in self.providers.values():
             values.extend(v.get_secret_value() for v in provider.secret_params.values())
+            if provider.client_secret is not None:
+                values.append(provider.client_secret.get_secret_value())
         for secret in (self.aws_secret_access_key, self.aws_session_token):
             if secret is not None:
                 values.append(secret.get_secret_value())

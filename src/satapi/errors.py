@@ -185,6 +185,27 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
+class UpstreamBusy(UpstreamError):
+    """The imagery server kept answering 429 (rate limited) until the retries ran out."""
+
+    code = "upstream_busy"
+
+
+# --- OAuth imagery providers (Sentinel Hub / CDSE Process API, issue 12) -----------------------
+
+
+class ProviderAuthError(UpstreamError):
+    """The provider refused the configured client credentials (or a fresh token)."""
+
+    code = "provider_auth"
+
+
+class ProviderError(UpstreamError):
+    """The provider answered with an error document; its code is in `extra["provider_code"]`."""
+
+    code = "provider_error"
+
+
 # --- AI errors ---------------------------------------------------------------------------------
 
 
@@ -220,6 +241,7 @@ STATUS_BY_ERROR: dict[type[SatapiError], int] = {
     StoreFull: 507,
     UpstreamError: 502,
     UpstreamTimeout: 504,
+    UpstreamBusy: 503,
     AIError: 502,
     AIBusy: 503,
 }

@@ -20,7 +20,7 @@ from satapi.observability.events import (
     download_outcome,
     error_code,
 )
-from satapi.providers.wms import build_target, target_from_url
+from satapi.providers.wms import target_from_url
 from satapi.storage import ImageRecord, ImageStore
 from satapi.urlpolicy import UrlPolicy
 from satapi.wms_client import DownloadStats, FetchTarget, GetMapRequest, ImageClient
@@ -99,7 +99,7 @@ class ImageService:
         for side, value in (("width", req.width), ("height", req.height)):
             if not 1 <= value <= self.max_px:
                 raise InvalidRequest(f"{side} must be between 1 and {self.max_px} pixels.")
-        return build_target(name, config, req)
+        return self.client.target(name, config, req)
 
     def target_for_url(self, url: str) -> FetchTarget:
         """The download for an old client's complete GetMap URL, if its host is allowed."""

@@ -13,7 +13,9 @@ if TYPE_CHECKING:
     from satapi.storage import ImageRecord
     from satapi.wms_client import GetMapRequest
 
-TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?$"
+_WHEN = r"\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?"
+TIME_PATTERN = rf"^{_WHEN}$"
+TIME_OR_INTERVAL_PATTERN = rf"^{_WHEN}(/{_WHEN})?$"
 LAYER_PATTERN = r"^[A-Za-z0-9_.:,\-/ ]{1,256}$"
 
 EXAMPLE_BBOX = [-10.0, 35.0, 5.0, 44.0]
@@ -31,6 +33,17 @@ Time = Annotated[
     Field(
         pattern=TIME_PATTERN,
         description="ISO 8601 date or date-time sent as the WMS TIME parameter.",
+        examples=["2024-06-01"],
+    ),
+]
+TimeOrInterval = Annotated[
+    str,
+    Field(
+        pattern=TIME_OR_INTERVAL_PATTERN,
+        description=(
+            "ISO 8601 date or date-time (the WMS TIME parameter). Sentinel Hub providers also "
+            "take an interval `start/end`; for them a date means that whole UTC day."
+        ),
         examples=["2024-06-01"],
     ),
 ]
@@ -182,7 +195,7 @@ class ImageFields(BaseModel):
 class ImageRequest(ImageFields):
     """An image request: the fields below, or (for old clients) a complete `wms_url`."""
 
-    time: Time | None = None
+    time: TimeOrInterval | None = None
     clearest: Clearest | None = Field(
         default=None,
         description="Instead of `time`: the least cloudy date of the layer in a window.",
@@ -295,13 +308,16 @@ class ErrorResponse(BaseModel):
 
 
 class ProviderInfo(BaseModel):
-    """A configured WMS provider (secrets redacted)."""
+    """A configured provider (secrets redacted)."""
 
     name: str
+    kind: Literal["wms", "sentinelhub"] = Field(
+        description="`wms` (GetMap) or `sentinelhub` (Process API with OAuth tokens)."
+    )
     title: str | None
     url: str
     version: str
-    default_layer: str
+    default_layer: str = Field(description="The layer used when a request names none.")
     max_concurrency: int
     attribution: str | None
     default: bool
@@ -439,7 +455,7 @@ class Side(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    time: Time | None = None
+    time: TimeOrInterval | None = None
     clearest: Clearest | None = Field(
         default=None, description="Instead of `time`: the least cloudy date in a window."
     )

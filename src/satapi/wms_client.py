@@ -1,7 +1,8 @@
 """The image-client seam: request and target value types, the client protocol, retries, factory.
 
-Each provider kind implements `ImageClient` in `satapi.providers` (`providers/wms.py` for OGC WMS);
-`ImageService` and the routers see only this protocol.
+Each provider kind implements `ImageClient` in `satapi.providers` (`providers/wms.py` for OGC WMS,
+`providers/sentinelhub.py` for the Sentinel Hub / CDSE Process API); `ImageClients` dispatches by
+provider name, so `ImageService` and the routers see only this protocol and never the kind.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode
 
 from satapi.config import ProviderConfig
-from satapi.errors import InvalidBBox, SatapiError
+from satapi.errors import InvalidBBox, SatapiError, UnknownProvider, UpstreamBusy
 from satapi.storage import ImageWriter
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from satapi.cpu import CpuRunner
     from satapi.limits import Limiter
     from satapi.observability.events import Observer
+    from satapi.tokens import TokenCache
     from satapi.urlpolicy import UrlPolicy
 
 FORMATS = ("image/png", "image/jpeg")
@@ -88,6 +90,8 @@ class FetchTarget:
     request: GetMapRequest | None = None
     attribution: str | None = None
     has_time: bool = False
+    # A POST body (the Process API's JSON request), part of the canonical request when set.
+    body: str | None = None
 
     # image_id and the redacted URL are computed once per target (cached_property writes the
     # instance __dict__, so it works on this frozen dataclass): a download asked for the id five
@@ -99,12 +103,14 @@ class FetchTarget:
 
         Secret values are left out (only their names count), so an id reveals nothing.
         """
-        canonical = {
+        canonical: dict[str, Any] = {
             "source": self.source,
             "endpoint": self.endpoint,
             "params": sorted((k.upper(), v) for k, v in self.params),
             "secret_names": sorted(k.upper() for k, _ in self.secret_params),
         }
+        if self.body is not None:
+            canonical["body"] = self.body
         blob = json.dumps(canonical, separators=(",", ":"), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -192,10 +198,16 @@ class RetryPolicy:
     wait_jitter: float = 0.5
 
     def hook(self, exc: Exception) -> bool | float:
-        """stamina's backoff hook: retry `Transient` only, honouring Retry-After (capped)."""
+        """stamina's backoff hook: retry `Transient` only, honouring Retry-After (capped).
+
+        A 429 (`UpstreamBusy`) asking for a longer wait than `wait_max` is not retried: the
+        server said when to come back, and that is beyond this request's retry budget.
+        """
         if not isinstance(exc, Transient):
             return False
         if exc.retry_after is not None:
+            if isinstance(exc.error, UpstreamBusy) and exc.retry_after > self.wait_max:
+                return False
             return min(exc.retry_after, self.wait_max)
         return True
 
@@ -219,6 +231,10 @@ class ImageClient(Protocol):
         """The configured provider `name`, or `UnknownProvider`."""
         ...
 
+    def target(self, name: str, provider: ProviderConfig, req: GetMapRequest) -> FetchTarget:
+        """The validated download for `req` on provider `name` (a `SatapiError` if invalid)."""
+        ...
+
     async def download(
         self,
         target: FetchTarget,
@@ -235,6 +251,61 @@ class ImageClient(Protocol):
         ...
 
 
+class ImageClients:
+    """Every provider kind's client, dispatched by provider name (an `ImageClient` itself).
+
+    A target whose source is not a configured provider (an old client's `wms_url` on an
+    `allowed_hosts` origin) is a WMS download.
+    """
+
+    def __init__(
+        self,
+        providers: Mapping[str, ProviderConfig],
+        clients: Mapping[str, ImageClient],
+        *,
+        default_kind: str = "wms",
+    ) -> None:
+        self._providers = providers
+        self._clients = dict(clients)
+        self._default_kind = default_kind
+
+    def provider(self, name: str) -> ProviderConfig:
+        """The configured provider `name`, or `UnknownProvider`."""
+        try:
+            return self._providers[name]
+        except KeyError:
+            known = ", ".join(sorted(self._providers))
+            raise UnknownProvider(
+                f"Unknown provider {name!r}; configured providers: {known}."
+            ) from None
+
+    def client_for(self, source: str) -> ImageClient:
+        """The client of `source`'s provider kind."""
+        provider = self._providers.get(source)
+        return self._clients[provider.kind if provider is not None else self._default_kind]
+
+    def target(self, name: str, provider: ProviderConfig, req: GetMapRequest) -> FetchTarget:
+        """The download for `req` on provider `name`, built by its kind's client."""
+        return self._clients[provider.kind].target(name, provider, req)
+
+    async def download(
+        self,
+        target: FetchTarget,
+        writer: ImageWriter,
+        *,
+        on_transfer: Callable[[], None] | None = None,
+        stats: DownloadStats | None = None,
+    ) -> DownloadStats:
+        """Download `target` with the client of its provider's kind."""
+        return await self.client_for(target.source).download(
+            target, writer, on_transfer=on_transfer, stats=stats
+        )
+
+    async def layers(self, name: str, *, refresh: bool = False) -> list[LayerInfo]:
+        """Provider `name`'s layers (capabilities for WMS, the collection for Sentinel Hub)."""
+        return await self._clients[self.provider(name).kind].layers(name, refresh=refresh)
+
+
 def make_image_client(
     settings: Settings,
     http: httpx2.AsyncClient,
@@ -243,24 +314,49 @@ def make_image_client(
     policy: UrlPolicy,
     cpu: CpuRunner,
     observer: Observer | None = None,
+    tokens: TokenCache | None = None,
 ) -> ImageClient:
-    """The image client for the configured providers."""
+    """The image clients of every configured provider kind, sharing one HTTP client and limiter.
+
+    `tokens` shares OAuth tokens (Sentinel Hub); by default `satapi.tokens.make_token_cache`.
+    """
     from satapi.providers.wms import WMSClient
 
-    return WMSClient(
-        http,
-        limiter,
-        providers=settings.providers,
-        policy=policy,
-        cpu=cpu,
-        max_bytes=settings.max_image_bytes,
-        total_timeout_s=settings.wms_total_timeout_s,
-        retry=RetryPolicy(
-            attempts=settings.retry_attempts,
-            wait_initial=settings.retry_wait_initial_s,
-            wait_max=settings.retry_wait_max_s,
-        ),
-        secrets=settings.secrets,
-        capabilities_ttl_s=settings.capabilities_ttl_s,
-        observer=observer,
+    retry = RetryPolicy(
+        attempts=settings.retry_attempts,
+        wait_initial=settings.retry_wait_initial_s,
+        wait_max=settings.retry_wait_max_s,
     )
+    clients: dict[str, ImageClient] = {
+        "wms": WMSClient(
+            http,
+            limiter,
+            providers=settings.providers,
+            policy=policy,
+            cpu=cpu,
+            max_bytes=settings.max_image_bytes,
+            total_timeout_s=settings.wms_total_timeout_s,
+            retry=retry,
+            secrets=settings.secrets,
+            capabilities_ttl_s=settings.capabilities_ttl_s,
+            observer=observer,
+        )
+    }
+    oauth = {n: p for n, p in settings.providers.items() if p.kind == "sentinelhub"}
+    if oauth:
+        # Imported here: a WMS-only service never loads the OAuth client.
+        from satapi.providers.sentinelhub import SentinelHubClient
+        from satapi.tokens import make_token_cache
+
+        clients["sentinelhub"] = SentinelHubClient(
+            http,
+            limiter,
+            providers=oauth,
+            tokens=tokens if tokens is not None else make_token_cache(settings),
+            max_bytes=settings.max_image_bytes,
+            total_timeout_s=settings.wms_total_timeout_s,
+            retry=retry,
+            secrets=settings.secrets,
+            observer=observer,
+        )
+    return ImageClients(settings.providers, clients)

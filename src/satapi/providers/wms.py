@@ -22,6 +22,7 @@ from satapi.errors import (
     RedirectNotAllowed,
     SatapiError,
     UnknownProvider,
+    UpstreamBusy,
     UpstreamError,
     UpstreamTimeout,
     UrlNotAllowed,
@@ -80,6 +81,11 @@ def build_target(name: str, provider: ProviderConfig, req: GetMapRequest) -> Fet
     validate_bbox(req.bbox, req.crs)
     if req.format not in FORMATS:
         raise InvalidRequest(f"format must be one of {', '.join(FORMATS)}.")
+    if req.time and "/" in req.time:
+        raise InvalidRequest(
+            f"Provider {name!r} is a WMS server: time is one date or date-time here (intervals "
+            "are for sentinelhub providers)."
+        )
     version = provider.version
     params: list[tuple[str, str]] = [
         ("SERVICE", "WMS"),
@@ -114,6 +120,11 @@ def build_target(name: str, provider: ProviderConfig, req: GetMapRequest) -> Fet
 def target_from_url(url: str, policy: UrlPolicy, *, max_px: int) -> FetchTarget:
     """A download for a complete GetMap URL from an old client, if the URL is allowed."""
     match = policy.check(url)
+    if match.provider is not None and match.provider.kind != "wms":
+        raise UrlNotAllowed(
+            f"{match.source!r} is a {match.provider.kind} provider; wms_url takes WMS GetMap "
+            "URLs only (send the image fields instead)."
+        )
     parts = urlsplit(url)
     endpoint = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
     pairs = parse_qsl(parts.query, keep_blank_values=True)
@@ -220,6 +231,10 @@ class WMSClient:
             raise UnknownProvider(
                 f"Unknown provider {name!r}; configured providers: {known}."
             ) from None
+
+    def target(self, name: str, provider: ProviderConfig, req: GetMapRequest) -> FetchTarget:
+        """The GetMap download for `req` on provider `name` (`ImageClient`)."""
+        return build_target(name, provider, req)
 
     # -- GetMap ---------------------------------------------------------------------------------
 
@@ -360,6 +375,12 @@ class WMSClient:
             error = UpstreamError(
                 f"The WMS server answered HTTP {status} for {shown}.", retry_after=retry_after
             )
+            if status == 429:
+                # Rate limited: retried after Retry-After; when retries run out, 503 busy.
+                error = UpstreamBusy(
+                    f"The WMS server is rate limiting requests (HTTP 429) for {shown}.",
+                    retry_after=retry_after if retry_after is not None else 1.0,
+                )
             if status in TRANSIENT_STATUS:
                 raise Transient(error, retry_after)
             raise error

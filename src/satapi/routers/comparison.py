@@ -110,7 +110,7 @@ def pair_targets(images: ImageService, body: ComparisonRequest) -> dict[str, Fet
             if chosen.clearest is not None:
                 continue
             provider = images.client.provider(body.provider or images.default_provider)
-            request = body.getmap(provider.default_layer, time=chosen.time, layer=chosen.layer)
+            request = body.getmap(provider.layer, time=chosen.time, layer=chosen.layer)
             targets[side] = images.target(body.provider, request)
         except SatapiError as exc:
             raise for_side(exc, side) from None

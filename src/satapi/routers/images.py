@@ -37,7 +37,7 @@ def target_for(images: ImageService, body: ImageRequest) -> FetchTarget:
     if body.wms_url is not None:
         return images.target_for_url(body.wms_url)
     provider = images.client.provider(body.provider or images.default_provider)
-    return images.target(body.provider, body.getmap(provider.default_layer, time=body.time))
+    return images.target(body.provider, body.getmap(provider.layer, time=body.time))
 
 
 async def plan_for(selector: Selector, body: ImageRequest) -> Plan | None:

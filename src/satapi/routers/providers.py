@@ -12,17 +12,18 @@ from satapi.models import LayerOut, LayersResponse, ProviderInfo, ProvidersRespo
 router = APIRouter(prefix="/api/providers", tags=["providers"])
 
 
-@router.get("", summary="List the configured WMS providers", response_model=ProvidersResponse)
+@router.get("", summary="List the configured imagery providers", response_model=ProvidersResponse)
 async def list_providers(settings: SettingsDep) -> ProvidersResponse:
-    """Every configured provider with its endpoint (secret parameters are never shown)."""
+    """Every configured provider with its kind and endpoint (secrets are never shown)."""
     return ProvidersResponse(
         providers=[
             ProviderInfo(
                 name=name,
+                kind=p.kind,
                 title=p.title,
                 url=p.url,
                 version=p.version,
-                default_layer=p.default_layer,
+                default_layer=p.layer,
                 max_concurrency=p.max_concurrency,
                 attribution=p.attribution,
                 default=name == settings.default_provider,
@@ -42,7 +43,8 @@ async def list_layers(
     images: ImagesDep,
     refresh: Annotated[bool, Query(description="Bypass the capabilities cache.")] = False,
 ) -> LayersResponse:
-    """Layers from the provider's GetCapabilities (cached), with CRSs, bbox and TIME values."""
+    """Layers from the provider's GetCapabilities (cached), with CRSs, bbox and TIME values;
+    a Sentinel Hub provider lists its collection."""
     layers = await images.client.layers(name, refresh=refresh)
     return LayersResponse(
         provider=name,

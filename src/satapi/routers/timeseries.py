@@ -138,9 +138,9 @@ async def build_series(
     times = requested_times(body, limit)
     provider_name = body.provider or images.default_provider
     provider = images.client.provider(provider_name)
-    layer = body.layer or provider.default_layer
+    layer = body.layer or provider.layer
     targets: dict[str, FetchTarget] = {
-        t: images.target(body.provider, body.getmap(provider.default_layer, time=t)) for t in times
+        t: images.target(body.provider, body.getmap(provider.layer, time=t)) for t in times
     }
     points: dict[str, TimeseriesPoint] = {}
     offered = await _layer_times(images, provider_name, layer)
