@@ -13,7 +13,7 @@ drip           504     upstream_timeout        2 bytes / 0.25 s: no read timeout
 reset          502     upstream_error          TCP RST mid-body; 3 attempts
 500            502     upstream_error          not retried (1 attempt)
 503            502     upstream_error          3 attempts, >= 1 s apart (Retry-After: 1)
-429            502     upstream_error          as 503
+429            503     upstream_busy           3 attempts, >= 1 s apart; Retry-After: 1
 xml200         502     wms_exception           ServiceException in a 200; `wms_code` given
 html200        502     not_an_image            text/html in a 200
 truncated      502     not_an_image            half a PNG
@@ -73,7 +73,7 @@ FAULTS = [
     Fault("reset", 502, "upstream_error", 3),
     Fault("500", 502, "upstream_error", 1),
     Fault("503", 502, "upstream_error", 3),
-    Fault("429", 502, "upstream_error", 3),
+    Fault("429", 503, "upstream_busy", 3),
     Fault("xml200", 502, "wms_exception", 1),
     Fault("html200", 502, "not_an_image", 1),
     Fault("truncated", 502, "not_an_image", 1),
