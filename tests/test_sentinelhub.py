@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -528,7 +529,7 @@ async def test_429_then_success(api: httpx.AsyncClient, sh: FakeSentinelHub) -> 
     assert r.status_code == 200, r.text
     calls = sh.process_calls
     assert [c.status for c in calls] == [429, 429, 200]
-    gaps = [b.at - a.at for a, b in zip(calls, calls[1:], strict=False)]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(calls)]
     assert all(gap >= 0.14 for gap in gaps), gaps  # Retry-After in ms was honoured
     assert sh.issued() == 1
 
@@ -749,3 +750,105 @@ async def test_no_secret_or_token_in_responses_logs_or_data(
     for path in store_files(tmp_path / "data"):
         content = path.read_bytes().decode("latin-1")
         assert not [s for s in secrets if s in content], path
+
+
+# --- as a user: `satapi serve` with the built-in cdse entry pointed at the fake -----------------
+
+
+def test_real_server_with_the_builtin_cdse_entry(
+    sh: FakeSentinelHub, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`[providers.cdse]` with credentials (url and token_url overridden to reach the fake):
+    every route works on a real `satapi serve`, and neither the secret nor a token appears in
+    a response, the debug log, the stored files or `satapi check-config`."""
+    import subprocess
+    import sys
+
+    from tests.support.fault_upstream import SatapiProcess
+
+    settings = {
+        "default_provider": "cdse",
+        "log_level": "debug",
+        "providers": {
+            "cdse": {
+                "url": sh.url,
+                "token_url": sh.token_url,
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+            }
+        },
+    }
+    texts: list[str] = []
+    with (
+        SatapiProcess(tmp_path_factory.mktemp("cdse"), settings) as server,
+        httpx.Client(base_url=server.url, timeout=60) as c,
+    ):
+
+        def call(method: str, path: str, status: int = 200, **kw: Any) -> httpx.Response:
+            r = c.request(method, path, **kw)
+            assert r.status_code == status, (path, r.text)
+            texts.append("\n".join(f"{k}: {v}" for k, v in r.headers.items()) + "\n" + r.text)
+            return r
+
+        providers = call("GET", "/api/providers").json()["providers"]
+        assert {p["name"]: p["kind"] for p in providers}["cdse"] == "sentinelhub"
+        layers = call("GET", "/api/providers/cdse/layers").json()["layers"]
+        assert [layer["name"] for layer in layers] == ["sentinel-2-l2a"]
+        image = call("POST", "/api/images", json=body()).json()["image"]
+        assert image["provider"] == "cdse" and (image["width"], image["height"]) == (64, 48)
+        call("GET", image["url"])
+        call("GET", image["url"] + "/meta")
+        sh.revoke_all()
+        call("POST", "/api/vision/analyze_satellite", json=body(time="2024-07-01"))
+        stream = call(
+            "POST",
+            "/api/vision/analyze_satellite_stream",
+            json=body(time="2024-08-01"),
+            headers={"Accept": "text/event-stream"},
+        )
+        assert sse(stream.text)[-1][0] == "result"
+        pair = {"bbox": BBOX, "before": {"time": "2024-01-01"}, "after": {"time": "2024-06-01"}}
+        call("POST", "/api/comparison/download", json=pair)
+        call("POST", "/api/comparison/analyze", json={**pair, "analyzer": "local"})
+        series = call(
+            "POST", "/api/timeseries", json={"bbox": BBOX, "times": ["2024-02-01", "2024-05-01"]}
+        ).json()
+        assert series["partial"] is False
+        call("POST", "/api/images", 422, json=body(width=2600))
+        sh.process_script.append(Fail(400, "RENDERER_EXCEPTION", "bad script", False))
+        failed = call("POST", "/api/images", 502, json=body(time="2024-09-01")).json()
+        assert failed["provider_code"] == "RENDERER_EXCEPTION"
+        last = c.get("/healthz").headers["x-request-id"]
+        assert sh.issued() == 2  # one token, one refresh after the revocation
+        assert server_log_has(server, last)
+        log = server.log()
+        files = server.files()
+        checked = subprocess.run(
+            [sys.executable, "-m", "satapi", "check-config"],
+            capture_output=True,
+            text=True,
+            env={"SATAPI_CONFIG": str(server.config_path), "PATH": "/usr/bin:/bin"},
+            timeout=60,
+            check=False,
+        )
+    assert checked.returncode == 0, checked.stderr
+    assert "cdse" in checked.stdout
+    secrets = [CLIENT_SECRET, *sh.tokens]
+    assert len(secrets) == 3
+    for text in [*texts, log, checked.stdout + checked.stderr]:
+        assert not [s for s in secrets if s in text]
+    assert "provider_error" in log  # the failure was logged, without any secret
+    assert any(p.suffix == ".json" for p in files)
+    for path in files:
+        assert not [s for s in secrets if s in path.read_bytes().decode("latin-1")], path
+
+
+def server_log_has(server: Any, text: str, timeout: float = 5.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in server.log():
+            return True
+        time.sleep(0.05)
+    return False

@@ -43,7 +43,7 @@ from starlette.routing import Route
 from tests.support.fault_upstream import free_port
 
 CLIENT_ID = "satapi-test-client"
-CLIENT_SECRET = "s3cr3t-Cl!ent+Value/42="  # noqa: S105 - the fake's test credential
+CLIENT_SECRET = "s3cr3t-Cl!ent+Value/42="  # the fake's test credential
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 CRS3857 = "http://www.opengis.net/def/crs/EPSG/0/3857"
 
@@ -383,3 +383,21 @@ def _error(fail: Fail, headers: dict[str, str] | None = None) -> Response:
 def body_digest(body: dict[str, Any]) -> str:
     """A short hash of a Process API body (to tell calls apart in assertions)."""
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def main() -> None:
+    """Run the fake by hand: `python -m tests.support.fake_sentinelhub [--port P] [--ttl S]`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--ttl", type=float, default=600.0, help="token lifetime, seconds")
+    args = parser.parse_args()
+    fake = FakeSentinelHub(port=args.port, token_ttl_s=args.ttl)
+    print(f"fake Sentinel Hub on {fake.url} (token endpoint {fake.token_url})", flush=True)
+    print(f"client_id = {fake.client_id!r}, client_secret = {fake.client_secret!r}", flush=True)
+    fake._server.run()  # in the foreground; Ctrl-C (or SIGTERM) stops it
+
+
+if __name__ == "__main__":
+    main()
