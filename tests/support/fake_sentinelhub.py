@@ -16,7 +16,8 @@ background thread), so it serves in-process tests and a satapi server in another
   ``Revoke()`` (revoke every token, then check as usual: a 401).
 
 Everything seen is recorded (token requests, process calls with their bodies and tokens) for
-the tests to assert on.
+the tests to assert on. Run by hand (`python -m tests.support.fake_sentinelhub --port P`), it
+is controlled over HTTP: ``GET /_stats``; ``POST /_control/revoke|busy?ms=N|refuse|fail|reset``.
 """
 
 from __future__ import annotations
@@ -181,6 +182,8 @@ class FakeSentinelHub:
             routes=[
                 Route("/oauth/token", self._token, methods=["POST"]),
                 Route("/api/v1/process", self._process, methods=["POST"]),
+                Route("/_stats", self._stats, methods=["GET"]),
+                Route("/_control/{action}", self._control, methods=["POST"]),
             ]
         )
         config = uvicorn.Config(
@@ -265,6 +268,34 @@ class FakeSentinelHub:
     def seen_text(self) -> str:
         """Every token this fake issued, for leak checks."""
         return " ".join(self.tokens)
+
+    # -- control over HTTP (for a fake run by hand, `main`) ----------------------------------
+
+    async def _stats(self, request: Request) -> Response:
+        return JSONResponse(
+            {
+                "token_requests": [c.status for c in self.token_calls],
+                "tokens_issued": self.issued(),
+                "process_calls": [c.status for c in self.process_calls],
+            }
+        )
+
+    async def _control(self, request: Request) -> Response:
+        action = request.path_params["action"]
+        if action == "revoke":
+            self.revoke_all()
+        elif action == "busy":
+            self.always_busy_ms = int(request.query_params.get("ms", "50"))
+        elif action == "refuse":
+            self.refuse_credentials = True
+        elif action == "fail":
+            wrapped = request.query_params.get("wrapped", "1") == "1"
+            self.process_script.append(Fail(wrapped=wrapped))
+        elif action == "reset":
+            self.reset()
+        else:
+            return JSONResponse({"error": f"unknown action {action}"}, 404)
+        return JSONResponse({"ok": action})
 
     # -- endpoints ----------------------------------------------------------------------------
 
