@@ -26,9 +26,10 @@ from asgi_lifespan import LifespanManager
 
 from satapi.app import create_app
 from satapi.config import Settings, load_settings
+from satapi.coordination.local import LocalTokenCache
 from satapi.errors import InvalidRequest
 from satapi.providers.sentinelhub import CRS84, TRUE_COLOUR, build_target, process_request
-from satapi.tokens import LocalTokenCache, Token
+from satapi.tokens import Token
 from satapi.wms_client import GetMapRequest
 from tests.conftest import store_files
 from tests.support.fake_sentinelhub import (
@@ -396,6 +397,7 @@ async def test_image_fetched_checked_and_stored(
     got = await api.get(image["url"])
     assert got.status_code == 200 and got.content[:8] == b"\x89PNG\r\n\x1a\n"
     meta = (await api.get(image["url"] + "/meta")).json()
+    assert meta["kind"] == "sentinelhub"
     assert meta["source_url"].startswith(f"{sh.url}/api/v1/process?collection=sentinel-2-l2a")
     again = await api.post("/api/images", json=body())
     assert again.json()["image"]["cached"] is True and len(sh.process_calls) == 1
@@ -416,6 +418,7 @@ async def test_providers_show_the_kind_and_the_collection(api: httpx.AsyncClient
     providers = {p["name"]: p for p in (await api.get("/api/providers")).json()["providers"]}
     assert providers["sh"]["kind"] == "sentinelhub" and providers["gibs"]["kind"] == "wms"
     assert providers["sh"]["default_layer"] == "sentinel-2-l2a"
+    assert providers["sh"]["version"] is None and providers["gibs"]["version"] == "1.3.0"
     assert "client_secret" not in json.dumps(providers) and CLIENT_SECRET not in json.dumps(
         providers
     )
@@ -639,6 +642,7 @@ async def test_vision_and_its_stream(api: httpx.AsyncClient, sh: FakeSentinelHub
     answer = r.json()
     assert answer["image"]["provider"] == "sh"
     assert answer["analysis"]["metrics"]["vegetation_fraction"] == 1.0  # June: green
+    sh.revoke_all()  # the stream's download is refused once, then repeated with a new token
     streamed = await api.post(
         "/api/vision/analyze_satellite_stream",
         json=body(analyzer="local", time="2024-01-15"),
@@ -651,7 +655,9 @@ async def test_vision_and_its_stream(api: httpx.AsyncClient, sh: FakeSentinelHub
     result = events[-1][1]
     assert result["image"]["provider"] == "sh"
     assert result["analysis"]["metrics"]["bare_fraction"] == 1.0  # January: brown
-    assert sh.issued() == 1
+    stages = [data.get("stage") for name, data in events if name == "status"]
+    assert stages.count("downloading") == 1, stages
+    assert sh.issued() == 2
 
 
 async def test_comparison(api: httpx.AsyncClient, sh: FakeSentinelHub) -> None:

@@ -330,6 +330,7 @@ class ImageService:
                 expires_at=None if target.has_time else now + self._cache_ttl_s,
                 source_url=target.url(redacted=True),
                 attribution=target.attribution,
+                kind=target.kind,
             )
             record = await writer.commit(record)  # a shared store may hold another's
         finally:

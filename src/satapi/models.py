@@ -316,7 +316,7 @@ class ProviderInfo(BaseModel):
     )
     title: str | None
     url: str
-    version: str
+    version: str | None = Field(description="The WMS version; null for other kinds.")
     default_layer: str = Field(description="The layer used when a request names none.")
     max_concurrency: int
     attribution: str | None

@@ -50,7 +50,9 @@ class ImageRecord:
     expires_at: float | None = None
     source_url: str | None = None  # secrets already redacted
     attribution: str | None = None
-    kind: str = "wms"  # "wms", or "derived" for images the service made (change masks)
+    # The provider kind it came from ("wms", "sentinelhub"), or "derived" for images the
+    # service made (change masks).
+    kind: str = "wms"
 
     def expired(self, now: float | None = None) -> bool:
         """True when the record has a TTL that has passed."""

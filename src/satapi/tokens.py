@@ -1,16 +1,14 @@
 """The token-cache seam: OAuth access tokens shared per credentials, issued by one caller at a time.
 
 `TokenCache.get(key, issue)` returns a token that is still good, or runs `issue()` once for all
-concurrent callers (single flight) and keeps its result. `LocalTokenCache` does this in one
-process. With several processes (`redis_url`, the scale-out work) a Redis implementation of the
-same protocol shares the token, so the whole fleet asks the token endpoint once per expiry;
-`make_token_cache` is where it plugs in.
+concurrent callers (single flight) and keeps its result. `LocalTokenCache` (in
+`satapi.coordination.local`) does this in one process. With several processes (`redis_url`, the
+scale-out work) a Redis implementation of the same protocol shares the token, so the whole fleet
+asks the token endpoint once per expiry; `make_token_cache` is where it plugs in.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -58,53 +56,6 @@ class TokenCache(Protocol):
         ...
 
 
-class LocalTokenCache:
-    """`TokenCache` for one process: a dict of tokens and one in-flight issue task per key.
-
-    The issue runs in its own task, so a caller that is cancelled does not cancel it for the
-    others waiting on it.
-    """
-
-    def __init__(self) -> None:
-        self._tokens: dict[str, Token] = {}
-        self._flights: dict[str, asyncio.Future[Token]] = {}
-
-    async def get(self, key: str, issue: IssueToken, *, stale: str | None = None) -> Token:
-        """See `TokenCache.get`."""
-        token = self._tokens.get(key)
-        if token is not None and token.value != stale and token.usable():
-            return token
-        flight = self._flights.get(key)
-        if flight is None:
-            flight = asyncio.ensure_future(self._issue(key, issue))
-            self._flights[key] = flight
-            flight.add_done_callback(lambda f: self._landed(key, f))
-        return await asyncio.shield(flight)
-
-    async def _issue(self, key: str, issue: IssueToken) -> Token:
-        token = await issue()
-        self._tokens[key] = token
-        return token
-
-    def _landed(self, key: str, flight: asyncio.Future[Token]) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
-        if not flight.cancelled():
-            flight.exception()  # retrieved: a failure nobody waits for is not "never retrieved"
-
-    def forget(self, key: str) -> None:
-        """Drop the token kept for `key` (credentials changed)."""
-        self._tokens.pop(key, None)
-
-    async def aclose(self) -> None:
-        """Cancel issues still in flight (shutdown)."""
-        for flight in list(self._flights.values()):
-            flight.cancel()
-        for flight in list(self._flights.values()):
-            with contextlib.suppress(BaseException):
-                await flight
-
-
 def make_token_cache(settings: Settings) -> TokenCache:
     """The token cache for these settings.
 
@@ -113,5 +64,7 @@ def make_token_cache(settings: Settings) -> TokenCache:
     (the shared-value + single-flight helper of `satapi.coordination.redis`). Until that lands,
     every process keeps its own token.
     """
+    from satapi.coordination.local import LocalTokenCache
+
     del settings  # only the in-process backend exists so far
     return LocalTokenCache()

@@ -92,6 +92,7 @@ class FetchTarget:
     has_time: bool = False
     # A POST body (the Process API's JSON request), part of the canonical request when set.
     body: str | None = None
+    kind: str = "wms"  # the provider kind that downloads it; stored as the record's kind
 
     # image_id and the redacted URL are computed once per target (cached_property writes the
     # instance __dict__, so it works on this frozen dataclass): a download asked for the id five

@@ -1,2 +1,2 @@
-"""Limiter backends (concurrency caps, leases) behind the `satapi.limits` protocol: in-process
-(`local.py`), or Redis for a fleet (`redis.py`)."""
+"""Coordination backends: limiters (`satapi.limits`, concurrency caps, leases) and OAuth token
+caches (`satapi.tokens`), in-process (`local.py`) or Redis for a fleet (`redis.py`)."""

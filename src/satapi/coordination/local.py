@@ -1,8 +1,10 @@
-"""The in-process limiters: asyncio semaphores for the WMS caps and for AI calls."""
+"""The in-process coordination backends: asyncio semaphores for the WMS caps and for AI
+calls, and the OAuth token cache (one token and one in-flight issue per key)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 
 from satapi.errors import Overloaded, SatapiError
 from satapi.limits import SlotStats
+from satapi.tokens import IssueToken, Token
 
 
 @dataclass
@@ -200,3 +203,53 @@ class LocalSlotLimiter:
     def _notify(self, outcome: str, waited_s: float) -> None:
         if self._observe is not None:
             self._observe(outcome, waited_s)
+
+
+# --- OAuth token cache (Sentinel Hub / CDSE, issue 12) -----------------------------------------
+
+
+class LocalTokenCache:
+    """`TokenCache` for one process: a dict of tokens and one in-flight issue task per key.
+
+    The issue runs in its own task, so a caller that is cancelled does not cancel it for the
+    others waiting on it.
+    """
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, Token] = {}
+        self._flights: dict[str, asyncio.Future[Token]] = {}
+
+    async def get(self, key: str, issue: IssueToken, *, stale: str | None = None) -> Token:
+        """See `TokenCache.get`."""
+        token = self._tokens.get(key)
+        if token is not None and token.value != stale and token.usable():
+            return token
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = asyncio.ensure_future(self._issue(key, issue))
+            self._flights[key] = flight
+            flight.add_done_callback(lambda f: self._landed(key, f))
+        return await asyncio.shield(flight)
+
+    async def _issue(self, key: str, issue: IssueToken) -> Token:
+        token = await issue()
+        self._tokens[key] = token
+        return token
+
+    def _landed(self, key: str, flight: asyncio.Future[Token]) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if not flight.cancelled():
+            flight.exception()  # retrieved: a failure nobody waits for is not "never retrieved"
+
+    def forget(self, key: str) -> None:
+        """Drop the token kept for `key` (credentials changed)."""
+        self._tokens.pop(key, None)
+
+    async def aclose(self) -> None:
+        """Cancel issues still in flight (shutdown)."""
+        for flight in list(self._flights.values()):
+            flight.cancel()
+        for flight in list(self._flights.values()):
+            with contextlib.suppress(BaseException):
+                await flight

@@ -223,6 +223,7 @@ def build_target(
         attribution=provider.attribution,
         has_time=req.time is not None,
         body=json.dumps(body, separators=(",", ":"), sort_keys=True),
+        kind="sentinelhub",
     )
 
 
@@ -274,6 +275,20 @@ async def _read_limited(response: httpx2.Response, limit: int) -> bytes:
         if size >= limit:
             break
     return b"".join(chunks)[:limit]
+
+
+def _once(callback: Callable[[], None] | None) -> Callable[[], None] | None:
+    if callback is None:
+        return None
+    done = False
+
+    def call() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            callback()
+
+    return call
 
 
 # --- tokens -------------------------------------------------------------------------------------
@@ -483,6 +498,7 @@ class SentinelHubClient:
         `upstream_busy`.
         """
         stats = stats if stats is not None else DownloadStats()
+        on_transfer = _once(on_transfer)  # a refused call repeated is still one transfer stage
         tokens = self.tokens.get(target.source)
         if tokens is None or target.body is None:
             raise UnknownProvider(f"{target.source!r} is not a Sentinel Hub provider.")

@@ -22,7 +22,7 @@ async def list_providers(settings: SettingsDep) -> ProvidersResponse:
                 kind=p.kind,
                 title=p.title,
                 url=p.url,
-                version=p.version,
+                version=p.version if p.kind == "wms" else None,
                 default_layer=p.layer,
                 max_concurrency=p.max_concurrency,
                 attribution=p.attribution,
