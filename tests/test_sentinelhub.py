@@ -617,6 +617,22 @@ async def test_unreachable_provider_is_upstream_error(
         assert r.status_code == 502 and r.json()["code"] == "upstream_error", r.text
 
 
+async def test_unreachable_token_endpoint_is_upstream_error(
+    make_settings: Callable[..., Settings], sh: FakeSentinelHub
+) -> None:
+    from tests.support.fault_upstream import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}/oauth/token"
+    settings = make_settings(
+        default_provider="sh", providers={"sh": sh.provider(token_url=dead)}, retry_attempts=2
+    )
+    async for api in _client(settings):
+        r = await api.post("/api/images", json=body())
+        assert r.status_code == 502 and r.json()["code"] == "upstream_error", r.text
+        assert "token endpoint" in r.json()["error"]
+    assert sh.process_calls == []
+
+
 # --- every route on this provider --------------------------------------------------------------
 
 
