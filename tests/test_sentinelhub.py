@@ -308,6 +308,11 @@ def test_credentials_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
             "token_url",
         ),
         ({"mine": {"url": "https://x.example/wms"}}, "default_layer"),
+        (
+            {"mine": {"url": "https://x.example/wms", "default_layer": "a", "client_id": "x"}},
+            "only for kind",
+        ),
+        ({"cdse": {"client_id": "a", "client_secret": "b", "default_layer": "x"}}, "collection"),
     ],
 )
 def test_bad_provider_settings(providers: dict[str, Any], words: str) -> None:

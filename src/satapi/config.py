@@ -112,16 +112,32 @@ class ProviderConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_kind(self) -> ProviderConfig:
-        if self.kind == "wms" and not self.default_layer:
-            raise ValueError("a wms provider needs default_layer")
-        if self.kind == "sentinelhub" and self.token_url is None:
-            raise ValueError("a sentinelhub provider needs token_url")
+        # Settings that the other kind would silently ignore are refused, naming the field.
+        if self.kind == "wms":
+            if not self.default_layer:
+                raise ValueError("a wms provider needs default_layer")
+            given = [
+                n
+                for n in ("token_url", "client_id", "client_secret", "evalscript")
+                if getattr(self, n) is not None
+            ]
+            if given:
+                raise ValueError(f'{", ".join(given)}: only for kind = "sentinelhub"')
+        else:
+            if self.token_url is None:
+                raise ValueError("a sentinelhub provider needs token_url")
+            given = [n for n in ("default_layer", "params", "secret_params") if getattr(self, n)]
+            if given:
+                raise ValueError(
+                    f'{", ".join(given)}: not used by kind = "sentinelhub" '
+                    "(its layer is `collection`)"
+                )
         return self
 
     @property
     def layer(self) -> str:
-        """The layer used when a request names none: default_layer, or the collection."""
-        return self.default_layer or self.collection
+        """The layer used when a request names none: default_layer (wms) or the collection."""
+        return self.default_layer if self.kind == "wms" and self.default_layer else self.collection
 
     @property
     def has_credentials(self) -> bool:
