@@ -845,6 +845,15 @@ def test_real_server_with_the_builtin_cdse_entry(
         sh.process_script.append(Fail(400, "RENDERER_EXCEPTION", "bad script", False))
         failed = call("POST", "/api/images", 502, json=body(time="2024-09-01")).json()
         assert failed["provider_code"] == "RENDERER_EXCEPTION"
+        metrics = call("GET", "/metrics").text
+        assert (
+            'satapi_oauth_token_requests_total{outcome="ok",provider="cdse",reason="new"} 1.0'
+            in (metrics)
+        )
+        assert (
+            'satapi_oauth_token_requests_total{outcome="ok",provider="cdse",reason="after_401"} 1.0'
+            in metrics
+        )
         last = c.get("/healthz").headers["x-request-id"]
         assert sh.issued() == 2  # one token, one refresh after the revocation
         assert server_log_has(server, last)
@@ -865,6 +874,7 @@ def test_real_server_with_the_builtin_cdse_entry(
     for text in [*texts, log, checked.stdout + checked.stderr]:
         assert not [s for s in secrets if s in text]
     assert "provider_error" in log  # the failure was logged, without any secret
+    assert log.count("oauth token ok") == 2 and "reason=after_401" in log
     assert any(p.suffix == ".json" for p in files)
     for path in files:
         assert not [s for s in secrets if s in path.read_bytes().decode("latin-1")], path

@@ -144,6 +144,27 @@ class SelectionFinished(Event):
     failed: int
     duration_s: float
     chosen: str | None = None
+
+
+# OAuth tokens (Sentinel Hub / CDSE, issue 12).
+TOKEN_OUTCOMES = ("ok", "refused", "busy", "error")
+TOKEN_REASONS = ("new", "after_401")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TokenRequested(Event):
+    """A provider's token endpoint was asked for an access token (never carries the token).
+
+    `reason`: `new` (none cached, or the cached one runs out) or `after_401` (the Process API
+    refused the cached one); `outcome` is one of `TOKEN_OUTCOMES`; `attempts` counts retries.
+    """
+
+    provider: str
+    reason: str
+    outcome: str
+    duration_s: float
+    attempts: int = 1
+    expires_in_s: float | None = None
     error: str | None = None
 
 

@@ -14,6 +14,7 @@ from satapi.observability.events import (
     DownloadSettled,
     Event,
     SelectionFinished,
+    TokenRequested,
     request_notes,
 )
 from satapi.redaction import redact
@@ -22,6 +23,7 @@ from satapi.web.middleware import request_id_var
 download_log = logging.getLogger("satapi.wms")
 analysis_log = logging.getLogger("satapi.analysis")
 selection_log = logging.getLogger("satapi.selection")
+token_log = logging.getLogger("satapi.oauth")
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
@@ -125,6 +127,8 @@ class LogObserver:
                 self._analysis(event)
             case SelectionFinished():
                 self._selection(event)
+            case TokenRequested():
+                self._token(event)
 
     @staticmethod
     def _download(event: DownloadSettled) -> None:
@@ -155,6 +159,25 @@ class LogObserver:
                 "error": event.error,
                 "image_id": event.image_id,
                 "source_url": event.source_url,
+            },
+        )
+
+    @staticmethod
+    def _token(event: TokenRequested) -> None:
+        # Never the token or the credentials: only who asked, why, and how it went.
+        token_log.log(
+            logging.INFO if event.outcome == "ok" else logging.WARNING,
+            "oauth token %s",
+            event.outcome,
+            extra={
+                "event": "oauth_token",
+                "provider": event.provider,
+                "reason": event.reason,
+                "outcome": event.outcome,
+                "attempts": event.attempts,
+                "duration_ms": round(event.duration_s * 1000, 1),
+                "expires_in_s": event.expires_in_s,
+                "error": event.error,
             },
         )
 

@@ -31,6 +31,7 @@ from satapi.observability.events import (
     SelectionFinished,
     Shed,
     StoreCallFailed,
+    TokenRequested,
 )
 
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -280,6 +281,13 @@ class Metrics:
             "AI calls refused at once (503 ai_busy) because max_ai_waiting calls already waited.",
             registry=r,
         )
+        self.token_requests = Counter(
+            "satapi_oauth_token_requests",
+            "OAuth token requests by provider, reason (new, after_401) and outcome (ok, refused, "
+            "busy, error); with a shared token cache one per expiry for the whole fleet.",
+            ["provider", "reason", "outcome"],
+            registry=r,
+        )
         self.analyses = Counter(
             "satapi_analyses",
             "Analyses by analyzer, model and outcome.",
@@ -391,6 +399,8 @@ class Metrics:
                 self.ai_shed.inc()
             case RedisCallFailed(operation=operation):
                 self.redis_errors.labels(operation).inc()
+            case TokenRequested(provider=provider, reason=reason, outcome=outcome):
+                self.token_requests.labels(provider, reason, outcome).inc()
             case AnalysisFinished(analyzer=analyzer):
                 model_label = event.model or ""
                 self.analyses.labels(analyzer, model_label, event.outcome).inc()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import json
 import math
@@ -38,7 +39,7 @@ from satapi.errors import (
     UpstreamTimeout,
 )
 from satapi.limits import Limiter
-from satapi.observability.events import NullObserver, Observer, Shed
+from satapi.observability.events import NullObserver, Observer, Shed, TokenRequested
 from satapi.redaction import redact
 from satapi.storage import ImageWriter
 from satapi.tokens import Token, TokenCache
@@ -294,6 +295,14 @@ def _once(callback: Callable[[], None] | None) -> Callable[[], None] | None:
 # --- tokens -------------------------------------------------------------------------------------
 
 
+def _token_outcome(error: SatapiError) -> str:
+    if isinstance(error, ProviderAuthError):
+        return "refused"
+    if isinstance(error, UpstreamBusy):
+        return "busy"
+    return "error"
+
+
 class _Refused(Exception):
     """The Process API answered 401 for this token."""
 
@@ -314,6 +323,7 @@ class OAuthTokens:
         retry: RetryPolicy,
         timeout_s: float,
         secrets: Sequence[str] = (),
+        observer: Observer | None = None,
     ) -> None:
         if provider.token_url is None or not provider.has_credentials:
             raise ValueError(f"provider {name!r} has no token_url or client credentials")
@@ -326,6 +336,7 @@ class OAuthTokens:
         self._cache = cache
         self._retry = retry
         self._timeout_s = timeout_s
+        self._observer: Observer = observer if observer is not None else NullObserver()
         self._secrets = [*secrets, self._secret.get_secret_value(), self._client_id]
         digest = hashlib.sha256(f"{self._token_url}\0{self._client_id}".encode()).hexdigest()
         self.key = f"satapi:oauth-token:{digest[:32]}"
@@ -333,10 +344,14 @@ class OAuthTokens:
 
     async def token(self, *, stale: str | None = None) -> str:
         """A usable access token; `stale` is one the Process API just refused (401)."""
-        token = await self._cache.get(self.key, self._issue, stale=stale)
+        reason = "new" if stale is None else "after_401"
+        token = await self._cache.get(self.key, functools.partial(self._issue, reason), stale=stale)
         return token.value
 
-    async def _issue(self) -> Token:
+    async def _issue(self, reason: str) -> Token:
+        """Ask the token endpoint (retrying transients), and report it (never the token)."""
+        started = time.perf_counter()
+        attempts, outcome, error, expires_in = 0, "error", None, None
         try:
             async with asyncio.timeout(self._timeout_s):
                 async for attempt in stamina.retry_context(
@@ -348,19 +363,38 @@ class OAuthTokens:
                     wait_jitter=self._retry.wait_jitter,
                 ):
                     with attempt:
-                        token = await self._request()
+                        attempts += 1
+                        token, expires_in = await self._request()
                         self.issued += 1
+                        outcome = "ok"
                         return token
         except Transient as exc:
+            outcome, error = _token_outcome(exc.error), exc.error.code
             raise exc.error from None
+        except SatapiError as exc:
+            outcome, error = _token_outcome(exc), exc.code
+            raise
         except TimeoutError:
+            error = UpstreamTimeout.code
             raise UpstreamTimeout(
                 f"The token endpoint of provider {self._name!r} did not answer within "
                 f"{self._timeout_s:g} s."
             ) from None
+        finally:
+            self._observer.observe(
+                TokenRequested(
+                    provider=self._name,
+                    reason=reason,
+                    outcome=outcome,
+                    duration_s=time.perf_counter() - started,
+                    attempts=attempts,
+                    expires_in_s=expires_in,
+                    error=error,
+                )
+            )
         raise AssertionError("unreachable: stamina either returns or raises")  # pragma: no cover
 
-    async def _request(self) -> Token:
+    async def _request(self) -> tuple[Token, float]:
         where = f"The token endpoint of provider {self._name!r}"
         form = {
             "grant_type": "client_credentials",
@@ -404,7 +438,7 @@ class OAuthTokens:
             raise Transient(error)
         raise error
 
-    def _parse_token(self, body: bytes, where: str) -> Token:
+    def _parse_token(self, body: bytes, where: str) -> tuple[Token, float]:
         try:
             doc = json.loads(body)
             value = doc["access_token"]
@@ -413,7 +447,7 @@ class OAuthTokens:
             raise UpstreamError(f"{where} sent no usable access token.") from None
         if not isinstance(value, str) or not value or not math.isfinite(expires_in):
             raise UpstreamError(f"{where} sent no usable access token.")
-        return Token.issued(value, expires_in)
+        return Token.issued(value, expires_in), expires_in
 
 
 # --- the client ---------------------------------------------------------------------------------
@@ -455,6 +489,7 @@ class SentinelHubClient:
                 retry=retry,
                 timeout_s=total_timeout_s,
                 secrets=self._secrets,
+                observer=self._observer,
             )
             for name, p in self._providers.items()
         }
