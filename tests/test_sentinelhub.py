@@ -681,6 +681,20 @@ async def test_vision_and_its_stream(api: httpx.AsyncClient, sh: FakeSentinelHub
     assert sh.issued() == 2
 
 
+async def test_stream_error_when_busy_says_when_to_come_back(
+    api: httpx.AsyncClient, sh: FakeSentinelHub
+) -> None:
+    sh.always_busy_ms = 3000  # longer than retry_wait_max_s: not waited for
+    streamed = await api.post(
+        "/api/vision/analyze_satellite_stream",
+        json=body(analyzer="local"),
+        headers={"Accept": "text/event-stream"},
+    )
+    name, data = sse(streamed.text)[-1]
+    assert name == "error" and data["code"] == "upstream_busy", (name, data)
+    assert data["retry_after"] == 3 and "retry: 3000" in streamed.text
+
+
 async def test_comparison(api: httpx.AsyncClient, sh: FakeSentinelHub) -> None:
     pair = {
         "bbox": BBOX,
