@@ -751,6 +751,22 @@ async def test_timeseries(api: httpx.AsyncClient, sh: FakeSentinelHub) -> None:
     assert csv.status_code == 200 and csv.text.count("\n") == 3
 
 
+async def test_tiles(api: httpx.AsyncClient, sh: FakeSentinelHub) -> None:
+    r = await api.get("/api/tiles/sh/3/4/2.png", params={"time": "2024-06-01"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
+    [call] = sh.process_calls
+    assert call.body is not None
+    assert call.body["input"]["bounds"]["properties"]["crs"].endswith("/EPSG/0/3857")
+    assert (call.body["output"]["width"], call.body["output"]["height"]) == (256, 256)
+    again = await api.get(
+        "/api/tiles/sh/3/4/2.png",
+        params={"time": "2024-06-01"},
+        headers={"If-None-Match": r.headers["etag"]},
+    )
+    assert again.status_code == 304 and len(sh.process_calls) == 1
+
+
 async def test_wms_providers_still_work_beside_it(
     api: httpx.AsyncClient, sh: FakeSentinelHub
 ) -> None:
@@ -866,6 +882,8 @@ def test_real_server_with_the_builtin_cdse_entry(
             "POST", "/api/timeseries", json={"bbox": BBOX, "times": ["2024-02-01", "2024-05-01"]}
         ).json()
         assert series["partial"] is False
+        tile = call("GET", "/api/tiles/cdse/2/2/1.png", params={"time": "2024-06-01"})
+        assert tile.headers["content-type"] == "image/png"
         call("POST", "/api/images", 422, json=body(width=2600))
         sh.process_script.append(Fail(400, "RENDERER_EXCEPTION", "bad script", False))
         failed = call("POST", "/api/images", 502, json=body(time="2024-09-01")).json()

@@ -54,7 +54,7 @@ async def get_tile(
     box (stored the same way) and re-projected to Web Mercator row by row.
     """
     config = images.client.provider(provider)
-    name = layer or config.default_layer
+    name = layer or config.layer
     plan = tile_plan(z, x, y, layer=name, time=time, offered=await _offered(images, provider, name))
     fetched = await images.fetch(images.target(provider, plan.request))
     record = fetched.record
