@@ -649,6 +649,21 @@ async def test_unreachable_token_endpoint_is_upstream_error(
     assert sh.process_calls == []
 
 
+async def test_token_endpoint_on_its_own_internal_origin_is_trusted(
+    make_settings: Callable[..., Settings], sh: FakeSentinelHub
+) -> None:
+    """The operator-configured token endpoint is trusted like the provider's own endpoint by the
+    connect-time SSRF guard, also when it is another (here: loopback) origin."""
+    settings = make_settings(
+        default_provider="sh",
+        providers={"sh": sh.provider(token_url=f"http://localhost:{sh.port}/oauth/token")},
+    )
+    async for api in _client(settings):
+        r = await api.post("/api/images", json=body())
+        assert r.status_code == 200, r.text
+    assert sh.issued() == 1
+
+
 # --- every route on this provider --------------------------------------------------------------
 
 

@@ -90,7 +90,8 @@ def make_http_client(settings: Settings, *, resolver: Resolver | None = None) ->
     Connections to hosts other than the configured providers go only to public addresses,
     checked when connecting (`GuardedNetworkBackend`; `resolver` replaces the system's).
     """
-    trusted = [(p.origin[1], p.origin[2]) for p in settings.providers.values()]
+    # Every origin an operator configured (a provider's endpoint, and its OAuth token endpoint).
+    trusted = [(o[1], o[2]) for p in settings.providers.values() for o in p.origins]
     guard = GuardedNetworkBackend(trusted, resolver=resolver or system_resolver)
     return httpx2.AsyncClient(
         timeout=httpx2.Timeout(

@@ -151,6 +151,11 @@ class ProviderConfig(BaseModel):
         """(scheme, host, port) of the endpoint, with the scheme's default port filled in."""
         return url_origin(self.url)
 
+    @property
+    def origins(self) -> list[tuple[str, str, int]]:
+        """Every origin the service connects to for this provider (endpoint, token endpoint)."""
+        return [url_origin(u) for u in (self.url, self.token_url) if u is not None]
+
 
 def url_origin(url: str) -> tuple[str, str, int]:
     """(scheme, lower-case host, port) of an absolute URL; ValueError if it has none."""
