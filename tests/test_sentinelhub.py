@@ -29,7 +29,7 @@ from satapi.config import Settings, load_settings
 from satapi.coordination.local import LocalTokenCache
 from satapi.errors import InvalidRequest
 from satapi.providers.sentinelhub import CRS84, TRUE_COLOUR, build_target, process_request
-from satapi.tokens import Token, TokenCache
+from satapi.tokens import SharedTokenCache, Token, TokenCache
 from satapi.wms_client import GetMapRequest
 from tests.conftest import store_files
 from tests.support.fake_sentinelhub import (
@@ -40,6 +40,7 @@ from tests.support.fake_sentinelhub import (
     FakeSentinelHub,
     Revoke,
 )
+from tests.support.shared_values import MemorySharedValues
 
 BBOX = [13.35, 52.48, 13.45, 52.54]
 BODY: dict[str, Any] = {"bbox": BBOX, "time": "2024-06-01", "width": 64, "height": 48}
@@ -327,7 +328,12 @@ def test_bad_provider_settings(providers: dict[str, Any], words: str) -> None:
 
 # Every `TokenCache` implementation must pass these (add the Redis one, with a redis-server
 # started by the test, when the scale-out backend lands).
-TOKEN_CACHES: list[Callable[[], TokenCache]] = [LocalTokenCache]
+def shared_cache() -> TokenCache:
+    """A `SharedTokenCache` over the in-memory stand-in for Redis shared values."""
+    return SharedTokenCache(MemorySharedValues().process())
+
+
+TOKEN_CACHES: list[Callable[[], TokenCache]] = [LocalTokenCache, shared_cache]
 
 
 @pytest.fixture(params=TOKEN_CACHES, ids=lambda f: getattr(f, "__name__", str(f)))
@@ -375,6 +381,31 @@ async def test_token_cache_failure_reaches_every_waiter_and_is_not_kept(
     with pytest.raises(RuntimeError):
         await cache.get("k", issue)
     assert calls == 2
+
+
+async def test_a_fleet_over_shared_values_asks_once_per_expiry() -> None:
+    """Five processes (five `SharedTokenCache`s over one store), 100 concurrent first requests:
+    one token; every process refused for it: one refresh; after the refresh time: one more."""
+    store = MemorySharedValues()
+    fleet = [SharedTokenCache(store.process()) for _ in range(5)]
+    calls = 0
+
+    async def issue() -> Token:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return Token.issued(f"t{calls}", 1.0)  # refreshed 0.1 s before its 1 s run out
+
+    first = await asyncio.gather(*(fleet[i % 5].get("k", issue) for i in range(100)))
+    assert calls == 1 and {t.value for t in first} == {"t1"}
+    again = await asyncio.gather(*(p.get("k", issue) for p in fleet))  # no round trip needed
+    assert calls == 1 and {t.value for t in again} == {"t1"}
+    refused = await asyncio.gather(*(fleet[i % 5].get("k", issue, stale="t1") for i in range(50)))
+    assert calls == 2 and {t.value for t in refused} == {"t2"} and store.invalidations == 1
+    await asyncio.sleep(1.0)
+    later = await asyncio.gather(*(fleet[i % 5].get("k", issue) for i in range(20)))
+    assert calls == 3 and {t.value for t in later} == {"t3"}
+    assert store.fetches == 3
 
 
 def test_token_refresh_margin() -> None:

@@ -2,13 +2,14 @@
 
 `TokenCache.get(key, issue)` returns a token that is still good, or runs `issue()` once for all
 concurrent callers (single flight) and keeps its result. `LocalTokenCache` (in
-`satapi.coordination.local`) does this in one process. With several processes (`redis_url`, the
-scale-out work) a Redis implementation of the same protocol shares the token, so the whole fleet
-asks the token endpoint once per expiry; `make_token_cache` is where it plugs in.
+`satapi.coordination.local`) does this in one process; `SharedTokenCache` keeps the token in a
+fleet-wide shared value (the Redis coordinator's, when `redis_url` is set), so the whole fleet
+asks the token endpoint once per expiry. `make_token_cache` picks one.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -56,15 +57,91 @@ class TokenCache(Protocol):
         ...
 
 
-def make_token_cache(settings: Settings) -> TokenCache:
-    """The token cache for these settings.
+# --- a fleet-wide token cache over shared values (Redis) ---------------------------------------
 
-    Hook for the Redis backend (scale-out): when `redis_url` is configured, return a cache that
-    keeps the token under the same key in Redis and single-flights `issue()` across processes
-    (the shared-value + single-flight helper of `satapi.coordination.redis`). Until that lands,
-    every process keeps its own token.
+FetchShared = Callable[[], Awaitable[tuple[bytes, float]]]
+
+
+class SharedValue(Protocol):
+    """One value shared by the fleet, fetched by one process at a time (`RedisCoordinator`)."""
+
+    async def get_or_fetch(self, fetch: FetchShared) -> bytes:
+        """The stored value, else `fetch()` -> (value, ttl seconds), run once and stored."""
+        ...
+
+    async def invalidate(self, seen: bytes) -> None:
+        """Forget the value if it is still `seen`."""
+        ...
+
+
+class SharedValues(Protocol):
+    """Where shared values live (the Redis coordinator of the scale-out work)."""
+
+    def shared_value(self, name: str) -> SharedValue:
+        """The shared value called `name`."""
+        ...
+
+
+class SharedTokenCache:
+    """`TokenCache` for a fleet: the token lives in a shared value (Redis) until its refresh time.
+
+    The whole fleet asks the token endpoint once per expiry: a process that finds no token
+    fetches one under the shared value's fleet-wide mutex while the others wait and read it.
+    A token the Process API refused is invalidated only if it is still the stored one, so
+    refusals of the same token anywhere in the fleet share one refresh. Each process keeps the
+    last token it read, so a usable token costs no round trip.
     """
+
+    def __init__(self, values: SharedValues) -> None:
+        self._values = values
+        self._held: dict[str, Token] = {}
+        # The stored form of tokens handed out lately, to invalidate one exactly (bounded).
+        self._stored: dict[str, bytes] = {}
+
+    async def get(self, key: str, issue: IssueToken, *, stale: str | None = None) -> Token:
+        """See `TokenCache.get`."""
+        held = self._held.get(key)
+        if held is not None and held.value != stale and held.usable():
+            return held
+        shared = self._values.shared_value(key)
+        if stale is not None and (seen := self._stored.get(stale)) is not None:
+            # Every refused caller deletes the token if it is still the stored one, and only
+            # then reads: none can be handed the refused token again (compare-and-delete, so
+            # the refusals share the one fetch that follows).
+            await shared.invalidate(seen)
+
+        async def fetch() -> tuple[bytes, float]:
+            token = await issue()
+            # Stored until its refresh time, so nobody is handed a token about to run out.
+            return encode_token(token), max(0.001, token.refresh_at - time.time())
+
+        raw = await shared.get_or_fetch(fetch)
+        token = decode_token(raw)
+        self._held[key] = token
+        self._stored[token.value] = raw
+        while len(self._stored) > 16:
+            del self._stored[next(iter(self._stored))]
+        return token
+
+
+def encode_token(token: Token) -> bytes:
+    """A token as stored in a shared value."""
+    return json.dumps({"value": token.value, "refresh_at": token.refresh_at}).encode()
+
+
+def decode_token(raw: bytes) -> Token:
+    """The token `encode_token` stored."""
+    doc = json.loads(raw)
+    return Token(value=str(doc["value"]), refresh_at=float(doc["refresh_at"]))
+
+
+def make_token_cache(settings: Settings, shared: SharedValues | None = None) -> TokenCache:
+    """The token cache: shared through `shared` (the Redis coordinator, when `redis_url` is
+    set) so the fleet asks once per expiry, else kept in this process.
+    """
+    del settings  # the choice is made by whoever opened the coordination backend
+    if shared is not None:
+        return SharedTokenCache(shared)
     from satapi.coordination.local import LocalTokenCache
 
-    del settings  # only the in-process backend exists so far
     return LocalTokenCache()
