@@ -978,3 +978,82 @@ def server_log_has(server: Any, text: str, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+# --- a fleet sharing one Redis (redis_url) --------------------------------------------------------
+
+
+async def test_shared_token_cache_over_real_redis(redis_server: Any) -> None:
+    """Five processes' coordinators on one redis-server: 100 concurrent first requests, one
+    token; 50 refusals of it, one refresh; after its refresh time, one more."""
+    from satapi.coordination.redis import RedisCoordinator
+
+    coords = [RedisCoordinator(redis_server.url) for _ in range(5)]
+    for coord in coords:
+        await coord.start()
+    try:
+        fleet = [SharedTokenCache(coord) for coord in coords]
+        calls = 0
+
+        async def issue() -> Token:
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(0.05)
+            return Token.issued(f"t{calls}", 1.0)
+
+        first = await asyncio.gather(*(fleet[i % 5].get("k", issue) for i in range(100)))
+        assert calls == 1 and {t.value for t in first} == {"t1"}
+        refused = await asyncio.gather(
+            *(fleet[i % 5].get("k", issue, stale="t1") for i in range(50))
+        )
+        assert calls == 2 and {t.value for t in refused} == {"t2"}
+        await asyncio.sleep(1.0)
+        later = await asyncio.gather(*(fleet[i % 5].get("k", issue) for i in range(20)))
+        assert calls == 3 and {t.value for t in later} == {"t3"}
+    finally:
+        for coord in coords:
+            await coord.close()
+
+
+def test_two_replicas_share_one_token_through_redis(
+    sh: FakeSentinelHub, redis_server: Any, tmp_path: Path
+) -> None:
+    """Two `satapi serve` replicas with one redis_url: concurrent first requests on both ask
+    the token endpoint once; after a revocation, refusals on both share one refresh; neither
+    the secret nor a token is in the logs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support.fault_upstream import SatapiProcess
+
+    conf = {
+        "default_provider": "sh",
+        "redis_url": redis_server.url,
+        "providers": {"sh": sh.provider()},
+    }
+    sh.token_delay_s = 0.3  # both replicas' first requests arrive while the token is issued
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    replicas = [SatapiProcess(tmp_path / name, conf) for name in ("a", "b")]
+    try:
+        for replica in replicas:
+            replica.start()
+
+        def post(i: int, time: str) -> int:
+            url = replicas[i % 2].url + "/api/images"
+            return httpx.post(url, json=body(bbox=shifted(i), time=time), timeout=60).status_code
+
+        with ThreadPoolExecutor(20) as pool:
+            assert list(pool.map(lambda i: post(i, "2024-06-01"), range(20))) == [200] * 20
+            assert sh.issued() == 1
+            sh.revoke_all()
+            sh.token_delay_s = 0.0
+            sh.process_delay_s = 0.2  # the refused calls of both replicas overlap
+            assert list(pool.map(lambda i: post(i, "2024-06-02"), range(20))) == [200] * 20
+        assert sh.issued() == 2  # one shared refresh for the fleet
+        assert {c.status for c in sh.process_calls} == {200, 401}
+        logs = "".join(replica.log() for replica in replicas)
+        assert "oauth token ok" in logs
+        assert not [t for t in [CLIENT_SECRET, *sh.tokens] if t in logs]
+    finally:
+        for replica in replicas:
+            replica.stop()

@@ -48,6 +48,7 @@ from satapi.routers import (
 from satapi.routers.metrics import router as metrics_router
 from satapi.selection import CapabilitiesDates, Selector
 from satapi.storage import open_stores
+from satapi.tokens import make_token_cache
 from satapi.urlpolicy import UrlPolicy
 from satapi.web.access_log import AccessLogMiddleware
 from satapi.web.docs import install_docs
@@ -131,7 +132,16 @@ async def open_resources(
     )
     policy = UrlPolicy(settings.providers, settings.allowed_hosts)
     http = make_http_client(settings)
-    client = make_image_client(settings, http, limiter, policy=policy, cpu=cpu, observer=observer)
+    client = make_image_client(
+        settings,
+        http,
+        limiter,
+        policy=policy,
+        cpu=cpu,
+        observer=observer,
+        # OAuth tokens (Sentinel Hub): shared by the fleet through Redis when redis_url is set.
+        tokens=make_token_cache(settings, coordinator),
+    )
     service = ImageService(
         client,
         store,

@@ -136,8 +136,8 @@ def decode_token(raw: bytes) -> Token:
 
 
 def make_token_cache(settings: Settings, shared: SharedValues | None = None) -> TokenCache:
-    """The token cache: shared through `shared` (the Redis coordinator, when `redis_url` is
-    set) so the fleet asks once per expiry, else kept in this process.
+    """The token cache: shared through `shared` (the app passes its Redis coordinator, which
+    exists when `redis_url` is set) so the fleet asks once per expiry, else kept in-process.
     """
     del settings  # the choice is made by whoever opened the coordination backend
     if shared is not None:

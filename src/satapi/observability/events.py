@@ -144,6 +144,7 @@ class SelectionFinished(Event):
     failed: int
     duration_s: float
     chosen: str | None = None
+    error: str | None = None
 
 
 # OAuth tokens (Sentinel Hub / CDSE, issue 12).

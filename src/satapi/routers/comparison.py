@@ -62,7 +62,7 @@ async def plan_pair(images: ImageService, selector: Selector, body: ComparisonRe
         chosen = body.before if side == "before" else body.after
         if chosen is not None and chosen.clearest is not None:
             provider = images.client.provider(body.provider or images.default_provider)
-            request = body.getmap(provider.default_layer, layer=chosen.layer)
+            request = body.getmap(provider.layer, layer=chosen.layer)
             work[side] = selector.plan(body.provider, request, chosen.clearest.spec())
     return PairPlan(targets=targets, plans=await for_sides(work))
 

@@ -46,7 +46,7 @@ async def plan_for(selector: Selector, body: ImageRequest) -> Plan | None:
         return None
     provider = selector.images.client.provider(body.provider or selector.images.default_provider)
     return await selector.plan(
-        body.provider, body.getmap(provider.default_layer), body.clearest.spec()
+        body.provider, body.getmap(provider.layer), body.clearest.spec()
     )
 
 

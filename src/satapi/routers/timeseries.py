@@ -80,7 +80,7 @@ async def _choose(selector: Selector, body: TimeseriesRequest, window: str) -> C
     provider = selector.images.client.provider(body.provider or selector.images.default_provider)
     spec = ClearestSpec(window=window, max_candidates=body.max_candidates, max_cloud=body.max_cloud)
     try:
-        return await selector.select(body.provider, body.getmap(provider.default_layer), spec)
+        return await selector.select(body.provider, body.getmap(provider.layer), spec)
     except SatapiError as exc:
         return exc
 
@@ -97,7 +97,7 @@ async def clearest_series(
     assert body.clearest_per and body.start and body.end
     windows = period_windows(body.start, body.end, body.clearest_per, limit=limit)
     provider = images.client.provider(body.provider or images.default_provider)
-    images.target(body.provider, body.getmap(provider.default_layer))  # 422 before any network
+    images.target(body.provider, body.getmap(provider.layer))  # 422 before any network
     picked = await asyncio.gather(*(_choose(selector, body, w) for w in windows))
     points: dict[str, TimeseriesPoint] = {}
     chosen: dict[str, Chosen] = {}
