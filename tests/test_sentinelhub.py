@@ -813,6 +813,17 @@ async def test_tiles(api: httpx.AsyncClient, sh: FakeSentinelHub) -> None:
     assert again.status_code == 304 and len(sh.process_calls) == 1
 
 
+async def test_clearest_is_a_clean_422_on_this_kind(
+    api: httpx.AsyncClient, sh: FakeSentinelHub
+) -> None:
+    """The collection lists no dates to choose from (README: use an interval with leastCC)."""
+    r = await api.post(
+        "/api/images", json={"bbox": BBOX, "clearest": {"window": "2024-05-01/2024-09-30"}}
+    )
+    assert r.status_code == 422 and r.json()["code"] == "no_dates_in_window", r.text
+    assert sh.process_calls == []
+
+
 async def test_wms_providers_still_work_beside_it(
     api: httpx.AsyncClient, sh: FakeSentinelHub
 ) -> None:
