@@ -45,9 +45,7 @@ async def plan_for(selector: Selector, body: ImageRequest) -> Plan | None:
     if body.clearest is None:
         return None
     provider = selector.images.client.provider(body.provider or selector.images.default_provider)
-    return await selector.plan(
-        body.provider, body.getmap(provider.layer), body.clearest.spec()
-    )
+    return await selector.plan(body.provider, body.getmap(provider.layer), body.clearest.spec())
 
 
 def image_meta(fetched: FetchedImage) -> ImageMeta:
