@@ -813,15 +813,30 @@ async def test_tiles(api: httpx.AsyncClient, sh: FakeSentinelHub) -> None:
     assert again.status_code == 304 and len(sh.process_calls) == 1
 
 
-async def test_clearest_is_a_clean_422_on_this_kind(
+async def test_clearest_mosaics_the_window_least_cloudy_first(
     api: httpx.AsyncClient, sh: FakeSentinelHub
 ) -> None:
-    """The collection lists no dates to choose from (README: use an interval with leastCC)."""
-    r = await api.post(
-        "/api/images", json={"bbox": BBOX, "clearest": {"window": "2024-05-01/2024-09-30"}}
-    )
-    assert r.status_code == 422 and r.json()["code"] == "no_dates_in_window", r.text
-    assert sh.process_calls == []
+    """No dates to list here: the whole window goes to the Process API with leastCC, and the
+    selection says no date was chosen (issue 13's last bullet)."""
+    window = "2024-05-01/2024-09-30"
+    r = await api.post("/api/images", json={"bbox": BBOX, "clearest": {"window": window}})
+    assert r.status_code == 200, r.text
+    selection = r.json()["selection"]
+    assert selection["window"] == window and selection["chosen"] is None
+    assert selection["candidates"] == [] and "leastCC" in selection["note"]
+    [call] = sh.process_calls
+    data = call.body["input"]["data"][0]  # type: ignore[index]
+    assert data["dataFilter"]["mosaickingOrder"] == "leastCC"
+    assert data["dataFilter"]["timeRange"] == {
+        "from": "2024-05-01T00:00:00Z",
+        "to": "2024-09-30T23:59:59Z",
+    }
+    # Stored like any image: the same selection again is a cache hit, no second call.
+    again = await api.post("/api/images", json={"bbox": BBOX, "clearest": {"window": window}})
+    assert again.json()["image"]["cached"] is True and len(sh.process_calls) == 1
+    # A window that is no window is still refused before any call.
+    bad = await api.post("/api/images", json={"bbox": BBOX, "clearest": {"window": "nope"}})
+    assert bad.status_code == 422 and len(sh.process_calls) == 1
 
 
 async def test_wms_providers_still_work_beside_it(

@@ -140,6 +140,12 @@ class ProviderConfig(BaseModel):
         return self.default_layer if self.kind == "wms" and self.default_layer else self.collection
 
     @property
+    def mosaics_scenes(self) -> bool:
+        """True when the provider itself picks and mosaics the scenes of a time interval
+        (sentinelhub, with `mosaickingOrder`), so it has no list of dates to choose from."""
+        return self.kind == "sentinelhub"
+
+    @property
     def has_credentials(self) -> bool:
         """True when both OAuth client credentials are set (sentinelhub)."""
         return bool(self.client_id) and bool(

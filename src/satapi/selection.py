@@ -134,6 +134,9 @@ class Plan:
     previews: dict[str, FetchTarget]  # time -> preview download, sorted by time
     cache_key: str
     cache_ttl_s: float | None  # None: the window is in the past, the scores keep for good
+    # Set when the provider mosaics the window itself, least cloudy scene first: the one
+    # download to make, with no previews and no chosen date.
+    mosaic: FetchTarget | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -287,6 +290,8 @@ class Selector:
         full = dataclasses.replace(request, time=None)
         self.images.target(name, full)  # validates bbox, size, format before anything else
         _, hi = parse_window(spec.window)
+        if self.images.client.provider(name).mosaics_scenes:
+            return self._mosaic_plan(name, full, spec)
         values = await self.dates.dates(name, full.layer)
         if not values:
             raise NoDatesInWindow(
@@ -325,6 +330,25 @@ class Selector:
             cache_ttl_s=self.cache_ttl_s if recent else None,
         )
 
+    def _mosaic_plan(self, name: str, full: GetMapRequest, spec: ClearestSpec) -> Plan:
+        """A provider that mosaics scenes itself gets the whole window, least cloudy first.
+
+        Listing the days that have data would need its Catalog API; its own per-scene cloud
+        ordering (`leastCC`) is the next best thing, and no date is "chosen".
+        """
+        target = self.images.target(
+            name, dataclasses.replace(full, time=spec.window, mosaicking_order="leastCC")
+        )
+        return Plan(
+            provider=name,
+            request=full,
+            spec=spec,
+            previews={},
+            cache_key=target.image_id,
+            cache_ttl_s=None,
+            mosaic=target,
+        )
+
     async def run(self, plan: Plan, report: StageReport | None = None) -> Chosen:
         """Fetch and score the previews (or take the scores from the cache), choose, and
         return the full-size download for the chosen date.
@@ -332,6 +356,8 @@ class Selector:
         `TooCloudy` when the best score is above `max_cloud`; when every preview failed, the
         first failure's error (same class and status) listing the candidates.
         """
+        if plan.mosaic is not None:
+            return self._mosaic(plan)
         started = time.perf_counter()
         candidates: tuple[Candidate, ...] = ()
         cached = self._cache.get(plan.cache_key)
@@ -375,6 +401,27 @@ class Selector:
             plan.provider, dataclasses.replace(plan.request, time=selection.chosen)
         )
         return Chosen(target=target, selection=selection)
+
+    def _mosaic(self, plan: Plan) -> Chosen:
+        assert plan.mosaic is not None
+        self.observer.observe(
+            SelectionFinished(
+                provider=plan.provider,
+                layer=plan.request.layer,
+                window=plan.spec.window,
+                outcome="ok",
+                candidates=0,
+                failed=0,
+                duration_s=0.0,
+            )
+        )
+        note = (
+            f"Provider {plan.provider!r} mosaics the whole window {plan.spec.window} itself, "
+            "least cloudy scene first (mosaickingOrder leastCC, by each scene's cloud cover); "
+            "no single date is chosen and max_cloud is not applied."
+        )
+        selection = Selection(window=plan.spec.window, chosen=None, candidates=(), note=note)
+        return Chosen(target=plan.mosaic, selection=selection)
 
     async def _score(self, plan: Plan, report: StageReport | None) -> tuple[Candidate, ...]:
         if report is not None:

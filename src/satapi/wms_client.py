@@ -76,6 +76,9 @@ class GetMapRequest:
     format: str = "image/png"
     time: str | None = None
     style: str = ""
+    # For providers that mosaic scenes over a time interval themselves (sentinelhub): the
+    # order to mosaic them in, instead of the provider's configured one. WMS ignores it.
+    mosaicking_order: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -177,7 +177,7 @@ def process_request(
                     "dataFilter": {
                         "timeRange": {"from": start, "to": end},
                         "maxCloudCoverage": _number(provider.max_cloud_coverage),
-                        "mosaickingOrder": provider.mosaicking_order,
+                        "mosaickingOrder": req.mosaicking_order or provider.mosaicking_order,
                     },
                 }
             ],
