@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
@@ -103,8 +104,15 @@ def fetch_stats(base_url: str, timeout: float = 5.0) -> dict[str, int]:
         return dict(json.load(resp))
 
 
-def reset_stats(base_url: str, timeout: float = 5.0) -> dict[str, int]:
-    """POST {base_url}/_reset of a running fake."""
+def reset_stats(base_url: str, timeout: float = 5.0, drain_s: float = 30.0) -> dict[str, int]:
+    """POST {base_url}/_reset of a running fake, once the calls of an earlier load are done.
+
+    A load cut off by its time limit leaves calls the fake is still answering; counted in the
+    next load's ``max_in_flight`` they would look like a broken cap. Waits up to ``drain_s``.
+    """
+    deadline = time.monotonic() + drain_s
+    while fetch_stats(base_url, timeout)["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.1)
     req = urllib.request.Request(f"{base_url}/_reset", data=b"", method="POST")
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return dict(json.load(resp))
