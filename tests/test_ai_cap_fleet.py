@@ -184,11 +184,12 @@ async def test_slot_limiter_counts_sheds_and_gives_back_cancelled_places(
             assert waited < 1
             assert (a.stats().in_flight, a.stats().max_in_flight) == (1, 1)
             waiter = asyncio.create_task(_enter(b))
-            for _ in range(200):
-                if b.stats().waiting == 1:
+            for _ in range(500):
+                if b.stats().waiting == 1 or waiter.done():
                     break
                 await asyncio.sleep(0.01)
-            assert b.stats().waiting == 1
+            assert not waiter.done(), waiter.exception()
+            assert (b.stats().waiting, b.stats().in_flight) == (1, 0)
             with pytest.raises(AIBusy) as refused:
                 async with a.slot():
                     pass  # pragma: no cover
@@ -219,3 +220,26 @@ async def test_slot_limiter_counts_sheds_and_gives_back_cancelled_places(
 async def _enter(limiter: RedisSlotLimiter) -> None:
     async with limiter.slot():
         await asyncio.sleep(10)
+
+
+async def test_a_renewal_racing_a_grant_leaves_no_stale_waiting_count(
+    redis_server: RedisServer,
+) -> None:
+    # The renewal loop also syncs this process's waiting counts to Redis. Run at the moment an
+    # acquire is granted, it once wrote back the count from before the grant: a waiter that
+    # did not exist, so a fleet with `max_ai_waiting` 1 shed the next caller for a second.
+    coord = RedisCoordinator(redis_server.url, lease_s=3.0)  # not started: renewals run by hand
+    sem = coord.semaphore("ai", 1, max_waiting=1)
+    key = "{satapi}:semw:ai"
+    try:
+        for _ in range(20):
+            async with contextlib.AsyncExitStack() as stack:
+                held = asyncio.create_task(stack.enter_async_context(coord.acquire(sem)))
+                await asyncio.sleep(0)  # the acquire has counted itself and sent its script
+                await coord._renew_all()
+                await held
+                assert await coord.redis.hget(key, coord.proc) is None
+        await coord._renew_all()  # quiet since the last one: the count is synced (none)
+        assert await coord.redis.hlen(key) == 0
+    finally:
+        await coord.close()

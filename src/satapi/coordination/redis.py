@@ -205,6 +205,11 @@ class RedisCoordinator:
         self._groups: dict[tuple[str, ...], _Group] = {}
         self._groups_by_sem: dict[str, list[_Group]] = {}
         self._waiting: Counter[str] = Counter()  # local waiters per semaphore name
+        # Acquire scripts started, and running now, per name; the renewal's count sync skips a
+        # name with any since the previous renewal (see `_renew_all`).
+        self._attempts: Counter[str] = Counter()
+        self._attempting: Counter[str] = Counter()
+        self._attempts_synced: dict[str, int] = {}
         self._held: dict[str, tuple[LeaseSemaphore, ...]] = {}  # token -> what it holds
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -351,6 +356,9 @@ class RedisCoordinator:
             # This process's waiters, including the one trying now: one fewer if it gets in.
             mine = self._waiting[sem.name]
             args += [sem.capacity, limit, int(sem.min_interval_s * 1000), mine - 1, mine]
+            if sem.tracked:  # the rest (per-image mutexes) would only grow these counters
+                self._attempts[sem.name] += 1
+                self._attempting[sem.name] += 1
         try:
             async with asyncio.timeout(self._op_timeout_s * 2):
                 reply = await self._acquire(keys=keys, args=args)
@@ -359,6 +367,10 @@ class RedisCoordinator:
             self._failed(op)
             log.debug("redis %s failed: %r", op, exc)
             raise _unavailable(op) from None
+        finally:
+            for sem in sems:
+                if sem.tracked:
+                    self._attempting[sem.name] -= 1
         status = int(reply[0])
         if status == 1:
             return _Attempt(1, delay_ms=int(reply[1]))
@@ -534,9 +546,22 @@ class RedisCoordinator:
         try:
             async with asyncio.timeout(self._op_timeout_s * 2):
                 restored = await self._renew(keys=keys, args=args)
-                # The waiting counts too, in case an update was lost (a cancelled waiter).
+                # The waiting counts too, in case an update was lost (a cancelled waiter). Only
+                # for names with no acquire script since the previous renewal: each script writes
+                # the count it saw, and a sync racing with one (or with a grant whose waiter has
+                # not resumed yet) would put back a stale count -- false sheds until the next
+                # renewal. Where scripts run, they keep the count current themselves.
+                attempts = dict(self._attempts)
+                quiet = {
+                    name
+                    for name, n in attempts.items()
+                    if self._attempts_synced.get(name) == n and not self._attempting[name]
+                }
+                self._attempts_synced = attempts
                 pipe = self.redis.pipeline(transaction=False)
                 for name, count in self._waiting.items():
+                    if name not in quiet:
+                        continue
                     if self._sems.get(name) is not None and self._sems[name].tracked:
                         key = self._prefix + "semw:" + name
                         if count > 0:
