@@ -169,7 +169,7 @@ async def open_resources(
             base_url=settings.anthropic_base_url,
             max_retries=settings.anthropic_max_retries,
         )
-        ai_limiter = make_ai_limiter(settings, observer)
+        ai_limiter = make_ai_limiter(settings, observer, coordinator)
         analyzers["claude"] = ClaudeAnalyzer(
             ai_client,
             model=settings.anthropic_model,

@@ -87,8 +87,8 @@ async def open_coordination(
 class SlotLimiter(Protocol):
     """Permits for one capped resource (AI calls), with a bounded queue.
 
-    `coordination.local.LocalSlotLimiter` caps one process; a fleet-wide backend (a Redis lease
-    semaphore) implements the same two methods and raises the same busy error.
+    `coordination.local.LocalSlotLimiter` caps one process; `coordination.redis.RedisSlotLimiter`
+    (a Redis lease semaphore) caps the fleet with the same two methods and the same busy error.
     """
 
     def slot(self) -> AbstractAsyncContextManager[float]:
@@ -103,15 +103,16 @@ class SlotLimiter(Protocol):
         ...
 
 
-def make_ai_limiter(settings: Settings, observer: Observer) -> SlotLimiter:
+def make_ai_limiter(
+    settings: Settings, observer: Observer, coordinator: RedisCoordinator | None = None
+) -> SlotLimiter:
     """The AI cap: `max_concurrent_ai` Claude calls at once, `max_ai_waiting` queued behind.
 
-    Beyond the queue, `AIBusy` (503 `ai_busy`) with a `Retry-After`. In-process for now.
-    Anthropic's rate limits are per organisation, so a fleet sharing a `redis_url` should share
-    this cap: a lease semaphore from `satapi.coordination` (one named "ai", capacity and
-    max_waiting as here, its `Overloaded` mapped to `AIBusy`) plugs in here.
+    Beyond the queue, `AIBusy` (503 `ai_busy`) with a `Retry-After`. Anthropic's rate limits are
+    per organisation, so with a `coordinator` (`redis_url`) the cap and the queue bound hold for
+    the whole fleet (the lease semaphore "ai"; Redis down is 503 `backend_unavailable`).
+    Without one, each of `worker_processes` processes enforces its share (`coordination.shares`).
     """
-    from satapi.coordination.local import LocalSlotLimiter
     from satapi.errors import AIBusy
     from satapi.observability.events import AiSlotSettled
 
@@ -121,9 +122,21 @@ def make_ai_limiter(settings: Settings, observer: Observer) -> SlotLimiter:
     def observe(outcome: str, waited_s: float) -> None:
         observer.observe(AiSlotSettled(outcome=outcome, waited_s=waited_s))
 
+    if coordinator is not None:
+        from satapi.coordination.redis import RedisSlotLimiter
+
+        return RedisSlotLimiter(
+            coordinator,
+            "ai",
+            settings.max_concurrent_ai,
+            max_waiting=settings.max_ai_waiting,
+            busy=busy,
+            observe=observe,
+        )
+    from satapi.coordination.local import LocalSlotLimiter
+    from satapi.coordination.shares import local_caps
+
+    caps = local_caps(settings)
     return LocalSlotLimiter(
-        settings.max_concurrent_ai,
-        max_waiting=settings.max_ai_waiting,
-        busy=busy,
-        observe=observe,
+        caps.ai_cap, max_waiting=caps.ai_max_waiting, busy=busy, observe=observe
     )

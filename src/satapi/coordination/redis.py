@@ -34,7 +34,7 @@ API (one `RedisCoordinator` per process; everything else hangs off it)::
                           # refreshed every second in the background (for metrics)
 
     # Every process must give the same capacity (and limits) for the same name. For the fleet
-    # AI cap, map `Overloaded` to `AIBusy` around `acquire` (see `limits.make_ai_limiter`).
+    # AI cap, `RedisSlotLimiter` maps `Overloaded` to `AIBusy` (see `limits.make_ai_limiter`).
 
     # A mutex: a semaphore of capacity 1. `FleetFlights(coord).hold(key)` is one per key (single
     # flight of image downloads: `ImageService(fleet=...)`).
@@ -57,6 +57,8 @@ Redis comes back nothing needs restarting.
 
 `RedisLimiter` implements `satapi.limits.Limiter` on top of it: the global cap, every provider's
 `max_concurrency` and `min_interval_s`, and the `max_waiting` shed count hold fleet-wide.
+`RedisSlotLimiter` implements `satapi.limits.SlotLimiter` (the AI cap, semaphore "ai"): its
+`Overloaded` becomes the caller's busy error (`AIBusy`, 503 `ai_busy`, with a Retry-After).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import os
 import secrets
 import socket
@@ -82,7 +85,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from satapi.coordination import redis_scripts
-from satapi.errors import BackendUnavailable, Overloaded
+from satapi.errors import BackendUnavailable, Overloaded, SatapiError
 from satapi.limits import SlotStats
 
 log = logging.getLogger("satapi.coordination")
@@ -202,6 +205,11 @@ class RedisCoordinator:
         self._groups: dict[tuple[str, ...], _Group] = {}
         self._groups_by_sem: dict[str, list[_Group]] = {}
         self._waiting: Counter[str] = Counter()  # local waiters per semaphore name
+        # Acquire scripts started, and running now, per name; the renewal's count sync skips a
+        # name with any since the previous renewal (see `_renew_all`).
+        self._attempts: Counter[str] = Counter()
+        self._attempting: Counter[str] = Counter()
+        self._attempts_synced: dict[str, int] = {}
         self._held: dict[str, tuple[LeaseSemaphore, ...]] = {}  # token -> what it holds
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -348,6 +356,9 @@ class RedisCoordinator:
             # This process's waiters, including the one trying now: one fewer if it gets in.
             mine = self._waiting[sem.name]
             args += [sem.capacity, limit, int(sem.min_interval_s * 1000), mine - 1, mine]
+            if sem.tracked:  # the rest (per-image mutexes) would only grow these counters
+                self._attempts[sem.name] += 1
+                self._attempting[sem.name] += 1
         try:
             async with asyncio.timeout(self._op_timeout_s * 2):
                 reply = await self._acquire(keys=keys, args=args)
@@ -356,6 +367,10 @@ class RedisCoordinator:
             self._failed(op)
             log.debug("redis %s failed: %r", op, exc)
             raise _unavailable(op) from None
+        finally:
+            for sem in sems:
+                if sem.tracked:
+                    self._attempting[sem.name] -= 1
         status = int(reply[0])
         if status == 1:
             return _Attempt(1, delay_ms=int(reply[1]))
@@ -531,9 +546,22 @@ class RedisCoordinator:
         try:
             async with asyncio.timeout(self._op_timeout_s * 2):
                 restored = await self._renew(keys=keys, args=args)
-                # The waiting counts too, in case an update was lost (a cancelled waiter).
+                # The waiting counts too, in case an update was lost (a cancelled waiter). Only
+                # for names with no acquire script since the previous renewal: each script writes
+                # the count it saw, and a sync racing with one (or with a grant whose waiter has
+                # not resumed yet) would put back a stale count -- false sheds until the next
+                # renewal. Where scripts run, they keep the count current themselves.
+                attempts = dict(self._attempts)
+                quiet = {
+                    name
+                    for name, n in attempts.items()
+                    if self._attempts_synced.get(name) == n and not self._attempting[name]
+                }
+                self._attempts_synced = attempts
                 pipe = self.redis.pipeline(transaction=False)
                 for name, count in self._waiting.items():
+                    if name not in quiet:
+                        continue
                     if self._sems.get(name) is not None and self._sems[name].tracked:
                         key = self._prefix + "semw:" + name
                         if count > 0:
@@ -759,3 +787,100 @@ class FleetFlights:
     def hold(self, key: str) -> AbstractAsyncContextManager[float]:
         """Hold the fleet-wide mutex for `key`; yields the seconds waited."""
         return self._coord.acquire(self._coord.semaphore("flight:" + key, 1))
+
+
+# --- AI calls (issue 14) -------------------------------------------------------------------------
+
+
+class RedisSlotLimiter:
+    """`satapi.limits.SlotLimiter` across the fleet: one lease semaphore (e.g. the AI cap).
+
+    At most `capacity` holders in the whole fleet, at most `max_waiting` waiting fleet-wide; a
+    caller beyond that gets `busy(message, retry_after)` (e.g. `AIBusy`, 503) instead of the
+    coordinator's `Overloaded`. A Redis that cannot be reached raises `BackendUnavailable` (503)
+    as for the WMS caps. `stats()` describes this process (like `LocalSlotLimiter`),
+    `fleet_stats()` the whole fleet (Redis, refreshed every second).
+    """
+
+    def __init__(
+        self,
+        coord: RedisCoordinator,
+        name: str,
+        capacity: int,
+        *,
+        max_waiting: int,
+        busy: Callable[[str, int], SatapiError],
+        observe: Callable[[str, float], None] | None = None,
+        message: str = "Too many AI analyses are running or waiting; try again shortly.",
+    ) -> None:
+        self._coord = coord
+        self._sem = coord.semaphore(name, capacity, max_waiting=max_waiting)
+        self._stats = SlotStats(capacity=capacity)
+        self._busy = busy
+        self._observe = observe
+        self._message = message
+        self._mean_hold_s = 0.0  # exponentially weighted mean of how long a permit is held here
+
+    @property
+    def name(self) -> str:
+        """The semaphore's name in Redis."""
+        return self._sem.name
+
+    def stats(self) -> SlotStats:
+        """This process's permits held and callers waiting; the fleet-wide capacity."""
+        return self._stats
+
+    def fleet_stats(self) -> SlotStats | None:
+        """The fleet's permits held and callers waiting (last second's reading; None until the
+        first one, or while Redis cannot be read)."""
+        return self._coord.fleet_stats().get(self._sem.name)
+
+    def retry_after(self) -> int:
+        """Seconds a refused caller should wait: the fleet queue's expected drain time.
+
+        A refusal means `max_waiting` callers wait fleet-wide; they share `capacity` permits,
+        each held for about this process's mean holding time. 1-60 s.
+        """
+        ahead = max(0, self._sem.max_waiting or 0) + 1
+        estimate = ahead / self._sem.capacity * self._mean_hold_s
+        return int(min(60, max(1, math.ceil(estimate))))
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[float]:
+        """Hold a permit of the fleet's semaphore; yields the seconds spent waiting for it."""
+        stats = self._stats
+        started = time.perf_counter()
+        stats.waiting += 1
+        entered = False
+        try:
+            async with self._coord.acquire(self._sem) as waited:
+                entered = True
+                stats.waiting -= 1
+                self._notify("granted", waited)
+                granted = time.perf_counter()
+                stats.in_flight += 1
+                stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+                try:
+                    yield waited
+                finally:
+                    stats.in_flight -= 1
+                    held = time.perf_counter() - granted
+                    self._mean_hold_s = (
+                        0.9 * self._mean_hold_s + 0.1 * held if self._mean_hold_s else held
+                    )
+        except Overloaded:
+            if entered:  # raised by the body, not by the cap
+                raise
+            self._notify("shed", 0.0)
+            raise self._busy(self._message, self.retry_after()) from None
+        except asyncio.CancelledError:
+            if not entered:
+                self._notify("cancelled", time.perf_counter() - started)
+            raise
+        finally:
+            if not entered:
+                stats.waiting -= 1
+
+    def _notify(self, outcome: str, waited_s: float) -> None:
+        if self._observe is not None:
+            self._observe(outcome, waited_s)

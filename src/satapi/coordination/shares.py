@@ -25,6 +25,9 @@ class LocalCaps:
     min_intervals: dict[str, float]
     max_waiting: int
     workers: int
+    # The AI cap (issue 14): `max_concurrent_ai` and `max_ai_waiting`, shared the same way.
+    ai_cap: int
+    ai_max_waiting: int
 
     def describe(self, settings: Settings) -> str:
         """One line for the start-up log: what each worker got out of which total."""
@@ -32,6 +35,9 @@ class LocalCaps:
         for name, cap in sorted(self.provider_caps.items()):
             parts.append(f"{name} {cap} of {settings.providers[name].max_concurrency}")
         parts.append(f"max_waiting {self.max_waiting} of {settings.max_waiting}")
+        if settings.anthropic_api_key is not None:
+            parts.append(f"max_concurrent_ai {self.ai_cap} of {settings.max_concurrent_ai}")
+            parts.append(f"max_ai_waiting {self.ai_max_waiting} of {settings.max_ai_waiting}")
         return (
             f"{self.workers} worker processes without redis_url: each enforces its share of "
             "every cap (" + ", ".join(parts) + "); set redis_url for caps shared as one"
@@ -59,4 +65,11 @@ def local_caps(settings: Settings) -> LocalCaps:
         min_intervals={name: p.min_interval_s * n for name, p in settings.providers.items()},
         max_waiting=settings.max_waiting // n,
         workers=n,
+        # Without an Anthropic key no AI call is made: a small AI cap must not stop the server.
+        ai_cap=(
+            share("max_concurrent_ai", settings.max_concurrent_ai)
+            if settings.anthropic_api_key is not None
+            else max(1, settings.max_concurrent_ai // n)
+        ),
+        ai_max_waiting=settings.max_ai_waiting // n,
     )

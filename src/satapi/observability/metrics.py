@@ -122,6 +122,7 @@ class _StateCollector(Collector):
                 ("capacity", "The cap on concurrent AI calls (max_concurrent_ai).", ai.capacity),
             ):
                 out.append(GaugeMetricFamily(f"satapi_ai_calls_{name}", doc, value=value))
+            out.extend(_fleet_ai_metrics(sources.ai))
         # A shared (S3) store reports no size: the bucket's size is the object store's to tell.
         if sources.store is not None and (store := sources.store.stats()):
             out.append(
@@ -186,6 +187,27 @@ def _fleet_metrics(limiter: object) -> list[Metric]:
             family.add_metric([provider], getattr(slot, attr))
         out.append(family)
     return out
+
+
+def _fleet_ai_metrics(limiter: object) -> list[Metric]:
+    """With Redis: AI calls in flight and waiting in the whole fleet (the AI cap is shared; the
+    limiter's last reading from Redis, refreshed every second), next to this process's own."""
+    fleet_stats = getattr(limiter, "fleet_stats", None)
+    fleet: SlotStats | None = fleet_stats() if fleet_stats is not None else None
+    if fleet is None:
+        return []
+    return [
+        GaugeMetricFamily(
+            "satapi_fleet_ai_calls_in_flight",
+            "AI calls running now in every process sharing the AI cap (Redis).",
+            value=fleet.in_flight,
+        ),
+        GaugeMetricFamily(
+            "satapi_fleet_ai_calls_waiting",
+            "AI calls waiting for a permit of the AI cap in every process (Redis).",
+            value=fleet.waiting,
+        ),
+    ]
 
 
 class Metrics:
