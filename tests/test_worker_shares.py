@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +59,10 @@ def test_a_cap_too_small_to_share_stops_start_up(
     monkeypatch.delenv("SATAPI_CONFIG", raising=False)
     # `serve --workers` exports SATAPI_WORKER_PROCESSES for its workers: undone after the test.
     monkeypatch.setenv("SATAPI_WORKER_PROCESSES", "1")
+    # `main` sets logging up on this test's captured stderr: put the root handlers back after,
+    # or later tests log into a closed stream.
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", root.handlers[:])
     assert cli.main(["serve", "--workers", "3"]) == 2
     err = capsys.readouterr().err
     assert "providers.eox.max_concurrency (2) cannot be shared by 3 worker processes" in err
