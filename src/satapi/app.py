@@ -18,7 +18,7 @@ from satapi.analyzers.base import Analyzer
 from satapi.analyzers.local import LocalAnalyzer
 from satapi.app_state import Resources
 from satapi.config import Settings, load_settings
-from satapi.cpu import CpuRunner
+from satapi.cpu import CpuRunner, limit_malloc_arenas
 from satapi.imagery import ImageService
 from satapi.limits import SlotLimiter, make_ai_limiter, open_coordination
 from satapi.models import ErrorResponse
@@ -119,6 +119,7 @@ async def open_resources(
     `observer` hears of every download, shed request and analysis (metrics and logs).
     """
     observer = observer if observer is not None else NullObserver()
+    limit_malloc_arenas(settings.malloc_arenas)  # before the worker threads allocate
     cpu = CpuRunner(settings.cpu_threads)
     store, analyses = open_stores(
         settings,

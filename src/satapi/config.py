@@ -306,6 +306,8 @@ class Settings(BaseSettings):
     )
     selection_cache_entries: int = Field(default=1024, ge=0, le=1_000_000)
     cpu_threads: int = Field(default=4, ge=1, le=64)
+    # glibc malloc arenas for the process (0: glibc's default of 8 per core); see cpu.py.
+    malloc_arenas: int = Field(default=2, ge=0, le=64)
 
     # --- shared object store (issue 11): where images, records and analyses live -----------------
     # Unset: the file store under data_dir. The AWS_* variables are read under their standard
