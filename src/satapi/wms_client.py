@@ -12,10 +12,12 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode
+
+import stamina
 
 from satapi.config import ProviderConfig
 from satapi.errors import InvalidBBox, SatapiError, UnknownProvider, UpstreamBusy
@@ -200,6 +202,17 @@ class RetryPolicy:
     wait_initial: float = 0.5
     wait_max: float = 10.0
     wait_jitter: float = 0.5
+
+    def retrying(self) -> AsyncIterator[stamina.Attempt]:
+        """stamina's retry context for this policy: `async for attempt in policy.retrying()`."""
+        return stamina.retry_context(
+            on=self.hook,
+            attempts=self.attempts,
+            timeout=None,
+            wait_initial=self.wait_initial,
+            wait_max=self.wait_max,
+            wait_jitter=self.wait_jitter,
+        )
 
     def hook(self, exc: Exception) -> bool | float:
         """stamina's backoff hook: retry `Transient` only, honouring Retry-After (capped).

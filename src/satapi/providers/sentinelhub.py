@@ -22,7 +22,6 @@ from typing import Any
 
 import httpx2
 import isodate
-import stamina
 
 from satapi.config import ProviderConfig
 from satapi.errors import (
@@ -354,14 +353,7 @@ class OAuthTokens:
         attempts, outcome, error, expires_in = 0, "error", None, None
         try:
             async with asyncio.timeout(self._timeout_s):
-                async for attempt in stamina.retry_context(
-                    on=self._retry.hook,
-                    attempts=self._retry.attempts,
-                    timeout=None,
-                    wait_initial=self._retry.wait_initial,
-                    wait_max=self._retry.wait_max,
-                    wait_jitter=self._retry.wait_jitter,
-                ):
+                async for attempt in self._retry.retrying():
                     with attempt:
                         attempts += 1
                         token, expires_in = await self._request()
@@ -539,14 +531,7 @@ class SentinelHubClient:
             raise UnknownProvider(f"{target.source!r} is not a Sentinel Hub provider.")
         try:
             async with asyncio.timeout(self._total_timeout_s):
-                async for attempt in stamina.retry_context(
-                    on=self._retry.hook,
-                    attempts=self._retry.attempts,
-                    timeout=None,
-                    wait_initial=self._retry.wait_initial,
-                    wait_max=self._retry.wait_max,
-                    wait_jitter=self._retry.wait_jitter,
-                ):
+                async for attempt in self._retry.retrying():
                     with attempt:
                         stats.attempts += 1
                         await self._attempt(target, tokens, writer, stats, on_transfer)

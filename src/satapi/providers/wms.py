@@ -9,7 +9,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urljoin, urlsplit, urlunsplit
 
 import httpx2
-import stamina
 from lxml import etree
 
 from satapi.config import ProviderConfig
@@ -255,14 +254,7 @@ class WMSClient:
         stats = stats if stats is not None else DownloadStats()
         try:
             async with asyncio.timeout(self._total_timeout_s):
-                async for attempt in stamina.retry_context(
-                    on=self._retry.hook,
-                    attempts=self._retry.attempts,
-                    timeout=None,
-                    wait_initial=self._retry.wait_initial,
-                    wait_max=self._retry.wait_max,
-                    wait_jitter=self._retry.wait_jitter,
-                ):
+                async for attempt in self._retry.retrying():
                     with attempt:
                         stats.attempts += 1
                         if writer.bytes_written:
