@@ -7,12 +7,13 @@ provider name, so `ImageService` and the routers see only this protocol and neve
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode
@@ -20,7 +21,7 @@ from urllib.parse import urlencode
 import stamina
 
 from satapi.config import ProviderConfig
-from satapi.errors import InvalidBBox, SatapiError, UnknownProvider, UpstreamBusy
+from satapi.errors import InvalidBBox, SatapiError, UnknownProvider, UpstreamBusy, UpstreamTimeout
 from satapi.storage import ImageWriter
 
 if TYPE_CHECKING:
@@ -214,6 +215,30 @@ class RetryPolicy:
             wait_jitter=self.wait_jitter,
         )
 
+    async def run(
+        self,
+        attempt: Callable[[], Awaitable[None]],
+        *,
+        stats: DownloadStats,
+        total_timeout_s: float,
+        timed_out: str,
+    ) -> None:
+        """Call `attempt` until it succeeds or the retries run out, all within the deadline.
+
+        Each call counts in `stats.attempts`. When none succeeds, the last transient failure's
+        error is raised; `UpstreamTimeout(timed_out)` when `total_timeout_s` passes first.
+        """
+        try:
+            async with asyncio.timeout(total_timeout_s):
+                async for retry in self.retrying():
+                    with retry:
+                        stats.attempts += 1
+                        await attempt()
+        except Transient as exc:
+            raise exc.error from None
+        except TimeoutError:
+            raise UpstreamTimeout(timed_out) from None
+
     def hook(self, exc: Exception) -> bool | float:
         """stamina's backoff hook: retry `Transient` only, honouring Retry-After (capped).
 
@@ -239,6 +264,17 @@ class LayerInfo:
     bbox: list[float] | None
     times: list[str] = field(default_factory=list)
     default_time: str | None = None
+
+
+def configured_provider(providers: Mapping[str, ProviderConfig], name: str) -> ProviderConfig:
+    """`providers[name]`, or `UnknownProvider` listing the configured ones."""
+    try:
+        return providers[name]
+    except KeyError:
+        known = ", ".join(sorted(providers))
+        raise UnknownProvider(
+            f"Unknown provider {name!r}; configured providers: {known}."
+        ) from None
 
 
 class ImageClient(Protocol):
@@ -288,13 +324,7 @@ class ImageClients:
 
     def provider(self, name: str) -> ProviderConfig:
         """The configured provider `name`, or `UnknownProvider`."""
-        try:
-            return self._providers[name]
-        except KeyError:
-            known = ", ".join(sorted(self._providers))
-            raise UnknownProvider(
-                f"Unknown provider {name!r}; configured providers: {known}."
-            ) from None
+        return configured_provider(self._providers, name)
 
     def client_for(self, source: str) -> ImageClient:
         """The client of `source`'s provider kind."""

@@ -530,21 +530,18 @@ class SentinelHubClient:
         if tokens is None or target.body is None:
             raise UnknownProvider(f"{target.source!r} is not a Sentinel Hub provider.")
         try:
-            async with asyncio.timeout(self._total_timeout_s):
-                async for attempt in self._retry.retrying():
-                    with attempt:
-                        stats.attempts += 1
-                        await self._attempt(target, tokens, writer, stats, on_transfer)
-        except Transient as exc:
-            raise exc.error from None
+            await self._retry.run(
+                lambda: self._attempt(target, tokens, writer, stats, on_transfer),
+                stats=stats,
+                total_timeout_s=self._total_timeout_s,
+                timed_out=(
+                    f"Provider {target.source!r} did not deliver the image within "
+                    f"{self._total_timeout_s:g} s."
+                ),
+            )
         except Overloaded:
             self._observer.observe(Shed(provider=target.source))
             raise
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"Provider {target.source!r} did not deliver the image within "
-                f"{self._total_timeout_s:g} s."
-            ) from None
         stats.bytes = writer.bytes_written
         return stats
 

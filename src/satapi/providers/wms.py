@@ -20,7 +20,6 @@ from satapi.errors import (
     Overloaded,
     RedirectNotAllowed,
     SatapiError,
-    UnknownProvider,
     UpstreamBusy,
     UpstreamError,
     UpstreamTimeout,
@@ -42,6 +41,7 @@ from satapi.wms_client import (
     LayerInfo,
     RetryPolicy,
     Transient,
+    configured_provider,
     retry_after_seconds,
     validate_bbox,
 )
@@ -223,13 +223,7 @@ class WMSClient:
 
     def provider(self, name: str) -> ProviderConfig:
         """The configured provider `name`, or `UnknownProvider`."""
-        try:
-            return self._providers[name]
-        except KeyError:
-            known = ", ".join(sorted(self._providers))
-            raise UnknownProvider(
-                f"Unknown provider {name!r}; configured providers: {known}."
-            ) from None
+        return configured_provider(self._providers, name)
 
     def target(self, name: str, provider: ProviderConfig, req: GetMapRequest) -> FetchTarget:
         """The GetMap download for `req` on provider `name` (`ImageClient`)."""
@@ -252,23 +246,24 @@ class WMSClient:
         Pass `stats` to read the queue wait and attempts even when the download fails.
         """
         stats = stats if stats is not None else DownloadStats()
+
+        async def attempt() -> None:
+            if writer.bytes_written:
+                await writer.reset()
+            await self._attempt(target, writer, stats, on_transfer)
+
         try:
-            async with asyncio.timeout(self._total_timeout_s):
-                async for attempt in self._retry.retrying():
-                    with attempt:
-                        stats.attempts += 1
-                        if writer.bytes_written:
-                            await writer.reset()
-                        await self._attempt(target, writer, stats, on_transfer)
-        except Transient as exc:
-            raise exc.error from None
+            await self._retry.run(
+                attempt,
+                stats=stats,
+                total_timeout_s=self._total_timeout_s,
+                timed_out=(
+                    f"The WMS server did not deliver the image within {self._total_timeout_s:g} s."
+                ),
+            )
         except Overloaded:
             self._observer.observe(Shed(provider=target.source))
             raise
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"The WMS server did not deliver the image within {self._total_timeout_s:g} s."
-            ) from None
         stats.bytes = writer.bytes_written
         return stats
 
