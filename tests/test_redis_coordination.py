@@ -116,6 +116,37 @@ async def test_cancelled_waiters_leave_no_permit_behind(coords: list[RedisCoordi
     assert b._waiting[sem_b.name] == 0
 
 
+async def test_waiter_cancelled_while_its_grant_is_in_flight(
+    coords: list[RedisCoordinator], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The CI race, made certain: the waiter is cancelled after Redis granted its permit but
+    before its task has run its clean-up (its future is already cancelled then)."""
+    a, b = coords
+    sem_a, sem_b = a.semaphore("g", 1, max_waiting=-1), b.semaphore("g", 1, max_waiting=-1)
+    holder = a.acquire(sem_a)
+    await holder.__aenter__()
+    waiter = asyncio.create_task(_timed_acquire(b, sem_b))
+    await asyncio.sleep(0.1)
+    original = b._attempt
+
+    async def cancel_on_grant(*args: Any) -> Any:
+        attempt = await original(*args)
+        if args[2] == "retry" and attempt.status == 1:
+            waiter.cancel()  # cancels the awaited future now; the task runs later
+        return attempt
+
+    b._attempt = cancel_on_grant  # type: ignore[method-assign]
+    await holder.__aexit__(None, None, None)
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert waiter.cancelled()
+    # The granted permit went back at once, not after a lease.
+    async with asyncio.timeout(0.5):
+        async with a.acquire(sem_a):
+            pass
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+    assert b._waiting[sem_b.name] == 0
+
+
 async def test_cancelled_holder_releases(coords: list[RedisCoordinator]) -> None:
     a, b = coords
 

@@ -419,7 +419,12 @@ class RedisCoordinator:
             if attempt.status != 1:
                 self._schedule(group, attempt.retry_in_ms)
                 return
-            if head.settled:  # it gave up while this attempt ran: hand the permit back
+            if head.settled or head.future.done():
+                # It gave up while this attempt ran (cancelled: its future is done before its
+                # task runs the clean-up): hand the permit back.
+                if not head.settled:
+                    head.settled = True
+                    group.queue.popleft()
                 self._spawn(self._release_token(head.token, held=group.sems))
                 continue
             head.settled = True
@@ -431,7 +436,8 @@ class RedisCoordinator:
             waiter = group.queue.popleft()
             if not waiter.settled:
                 waiter.settled = True
-                waiter.future.set_exception(exc)
+                if not waiter.future.done():
+                    waiter.future.set_exception(exc)
 
     def _prune_groups(self) -> None:
         # Groups of one-off mutexes (per image) would pile up; drop the idle ones.
