@@ -343,3 +343,28 @@ async def test_cancelled_during_the_first_attempt_leaves_no_permit(
         async with asyncio.timeout(0.5):
             async with b.acquire(b.semaphore("first", 1)):
                 pass
+
+
+async def test_close_ends_a_loop_whose_cancellation_was_swallowed(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """redis-py can swallow a cancellation that lands mid-command; the loops must still end."""
+    c = RedisCoordinator(redis_server.url, lease_s=1.0, op_timeout_s=0.5)
+    renewing = asyncio.Event()
+
+    async def swallowing_renew() -> None:
+        if renewing.is_set():
+            return
+        renewing.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            return  # as a client that turns the cancel into a quiet return would (once)
+
+    c._renew_all = swallowing_renew  # type: ignore[method-assign]
+    await c.start()
+    await asyncio.wait_for(renewing.wait(), 2)
+    started = time.monotonic()
+    await c.close()
+    assert time.monotonic() - started < 0.9
+    assert not [r for r in caplog.records if "did not stop" in r.getMessage()]

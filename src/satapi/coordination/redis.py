@@ -238,6 +238,10 @@ class RedisCoordinator:
             task.cancel()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=2 * self._op_timeout_s)
+            for task in pending:  # a cancellation swallowed by the client: ask once more
+                task.cancel()
+            if pending:
+                _, pending = await asyncio.wait(pending, timeout=self._op_timeout_s)
             if pending:
                 log.warning("coordination tasks did not stop: %s", pending)
         self._tasks.clear()
@@ -506,6 +510,7 @@ class RedisCoordinator:
                 self._mark_dirty(list(self._groups_by_sem))
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                    _reraise_cancel()  # in case the client swallowed a cancellation
                     if message is not None and message.get("type") == "message":
                         self._on_message(message["data"])
             except asyncio.CancelledError:
@@ -539,6 +544,7 @@ class RedisCoordinator:
                 await self._refresh_fleet_stats()
             except Exception:  # keep renewing: a dead loop would let every lease run out
                 log.exception("coordination: lease renewal failed")
+            _reraise_cancel()  # a cancellation redis-py swallowed mid-command still ends the loop
             await asyncio.sleep(min(STATS_EVERY_S, every))
 
     async def _renew_all(self) -> None:
