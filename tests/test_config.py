@@ -127,7 +127,7 @@ async def test_the_app_with_a_blank_key_analyses_locally_and_says_why(
         claude = await client.post(
             "/api/vision/analyze_satellite", json={**BODY, "analyzer": "claude"}
         )
-        assert claude.status_code != 200 and "Anthropic API key" in claude.json()["error"]
+        assert claude.status_code == 400 and claude.json()["code"] == "ai_not_configured"
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("analyzers:")]
     assert lines == [
         "analyzers: local only; 'auto' uses local (no Anthropic API key: ANTHROPIC_API_KEY "
