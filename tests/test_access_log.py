@@ -307,3 +307,127 @@ async def test_requests_sharing_one_download_log_one_download_line(
     assert sorted(e.get("cache", "-") for e in requests) == ["-", "shared", "shared"]
     image_id = answers[0].json()["image"]["id"]
     assert {e["image_id"] for e in requests if "cache" in e} == {image_id}
+
+
+# --- a client that leaves before the response starts: 499 ----------------------------------------
+
+
+async def test_a_client_gone_before_the_response_is_499_and_a_crash_still_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """In-process: the disconnect watcher cancels the request (499, INFO); an exception with the
+    client still there, or one raised after the client left, is a server failure (500)."""
+    from satapi.web.middleware import BodyLimitMiddleware
+
+    release = asyncio.Event()
+
+    async def waits(_request: Any) -> None:
+        await asyncio.Event().wait()  # until cancelled
+
+    async def boom(_request: Any) -> None:
+        raise RuntimeError("kaboom")
+
+    async def boom_after_cancel(_request: Any) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise RuntimeError("clean-up failed") from None
+
+    seen: list[Event] = []
+
+    class Seen:
+        def observe(self, event: Event) -> None:
+            seen.append(event)
+
+    inner = Starlette(
+        routes=[Route("/wait", waits), Route("/boom", boom), Route("/boom2", boom_after_cancel)]
+    )
+    app = AccessLogMiddleware(BodyLimitMiddleware(inner, max_bytes=1024), observer=Seen())
+
+    async def call(path: str, *, leave: bool) -> None:
+        messages: list[dict[str, Any]] = [{"type": "http.request", "body": b""}]
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            if leave:
+                await asyncio.sleep(0.05)
+                return {"type": "http.disconnect"}
+            await release.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        scope = {"type": "http", "method": "GET", "path": path, "headers": [], "query_string": b""}
+        scope.update({"state": {}, "client": ("127.0.0.1", 1), "server": ("t", 80)})
+        scope.update({"scheme": "http", "root_path": "", "http_version": "1.1"})
+        await app(scope, receive, send)
+
+    caplog.set_level(logging.INFO)
+    await call("/wait", leave=True)
+    with pytest.raises(RuntimeError):
+        await call("/boom", leave=False)
+    with pytest.raises(RuntimeError):
+        await call("/boom2", leave=True)
+    release.set()
+    records = [vars(r) for r in access_records(caplog)]
+    assert [(r["status"], r["levelno"]) for r in records] == [
+        (499, logging.INFO),
+        (500, logging.WARNING),
+        (500, logging.WARNING),
+    ]
+    assert [e.status for e in seen if isinstance(e, RequestFinished)] == [499, 500, 500]
+
+
+async def test_a_real_client_that_hangs_up_while_waiting_is_logged_and_counted_as_499(
+    tmp_path: Any,
+) -> None:
+    """A real `satapi serve` (uvicorn) and a client that closes its socket while its request
+    waits for a WMS server that never answers: the access line and /metrics both say 499."""
+    from tests.support.fault_upstream import FaultUpstream, SatapiProcess
+
+    with FaultUpstream() as upstream:
+        server = SatapiProcess(
+            tmp_path,
+            {
+                "log_format": "json",
+                "default_provider": "fault",
+                "providers": {"fault": {"url": upstream.wms_url, "default_layer": "ok"}},
+            },
+        ).start()
+        try:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                body = {**BODY, "layer": "hang"}
+                task = asyncio.create_task(
+                    client.post("/api/images", json=body, headers={"X-Request-ID": "gone-1"})
+                )
+                assert await upstream.wait_for_async(lambda: upstream.in_flight("hang") == 1)
+                task.cancel()  # closes the connection to satapi
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+                def line() -> dict[str, Any] | None:
+                    for text in server.log().splitlines():
+                        if text.startswith("{") and '"gone-1"' in text:
+                            record: dict[str, Any] = json.loads(text)
+                            if record.get("event") == "request":
+                                return record
+                    return None
+
+                deadline = time.monotonic() + 5
+                while line() is None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                record = line()
+                assert record is not None, server.log()[-3000:]
+                assert record["status"] == 499 and record["route"] == "/api/images"
+                assert record["level"] == "info", record
+                metrics = (await client.get("/metrics")).text
+                counted = (
+                    'satapi_http_requests_total{method="POST",route="/api/images",status="499"} 1.0'
+                )
+                assert counted in metrics
+                assert 'route="/api/images",status="500"' not in metrics
+        finally:
+            server.stop()
+    assert "Traceback" not in server.log()

@@ -4,8 +4,10 @@ With the disk nearly full, a download that cannot be stored is answered 507 `sto
 (with `Retry-After`) and leaves no file, partial or temporary; `/readyz` says 503 with
 `store_writable: false`; images already stored are still served. With the disk completely
 full, an analysis whose result cannot be written is a 507 too. Once space is freed, `/readyz`
-is 200 again and the same request succeeds. Skipped without root/unshare unless
-SATAPI_REQUIRE_NETNS=1.
+is 200 again and the same request succeeds. The same with `store_url = s3://...` (a moto_server
+on 127.0.0.1): downloads are gathered in data_dir/tmp before they go to the bucket, so a full
+local disk is a 507 there too, with no temp file and no object left. Skipped without
+root/unshare unless SATAPI_REQUIRE_NETNS=1.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 
 from tests.support.fault_upstream import FaultUpstream, SatapiProcess
 from tests.support.netns import namespaces_available, tmpfs_argv
+from tests.support.s3server import MotoServer, aws_env
 
 SMALL = {"layer": "ok", "bbox": [10, 45, 14, 47], "width": 64, "height": 32}
 BIG = {"layer": "slow:0.1", "bbox": [10, 45, 14, 47], "width": 512, "height": 512}  # ~790 KB
@@ -35,17 +38,25 @@ def upstream() -> Iterator[FaultUpstream]:
         yield server
 
 
-@pytest.fixture
-def server(upstream: FaultUpstream, tmp_path: Path) -> Iterator[SatapiProcess]:
+def start_on_tmpfs(
+    upstream: FaultUpstream, tmp_path: Path, env: dict[str, str] | None = None, **settings: str
+) -> SatapiProcess:
     data_dir = tmp_path / "data"
-    process = SatapiProcess(
+    return SatapiProcess(
         tmp_path,
         {
             "default_provider": "fault",
             "providers": {"fault": {"url": upstream.wms_url, "default_layer": "ok"}},
+            **settings,
         },
+        env=env,
         wrap=lambda argv: tmpfs_argv(argv, directory=data_dir, size="2m"),
     ).start()
+
+
+@pytest.fixture
+def server(upstream: FaultUpstream, tmp_path: Path) -> Iterator[SatapiProcess]:
+    process = start_on_tmpfs(upstream, tmp_path)
     try:
         yield process
     finally:
@@ -114,4 +125,44 @@ async def test_an_analysis_that_cannot_be_saved_is_507(server: SatapiProcess) ->
         filler.unlink()
         r = await client.post("/api/vision/analyze_satellite", json={**SMALL, "analyzer": "local"})
         assert r.status_code == 200, r.text
+    assert "Traceback" not in server.log(), server.log()[-3000:]
+
+
+async def test_a_full_disk_under_the_s3_store_is_507_with_nothing_partial_and_recovers(
+    upstream: FaultUpstream, moto_s3: MotoServer, tmp_path: Path
+) -> None:
+    bucket = moto_s3.create_bucket()
+    server = start_on_tmpfs(
+        upstream, tmp_path, env=aws_env(moto_s3), store_url=f"s3://{bucket}/sat"
+    )
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            small = await client.post("/api/images", json=SMALL)
+            assert small.status_code == 200, small.text
+            small_id = small.json()["image"]["id"]
+            keys = moto_s3.keys(bucket)
+            filler = fill(server.data_view, leave=200 * 1024)
+
+            assert_store_full(await client.post("/api/images", json=BIG))
+            assert server.temp_files() == []  # the spool file went
+            assert moto_s3.keys(bucket) == keys  # and nothing reached the bucket
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["store_writable"] is False
+            assert "full" in ready.json()["checks"]["store_error"]
+            # What is stored is still served: it lives in the bucket.
+            again = await client.post("/api/images", json=SMALL)
+            assert again.status_code == 200 and again.json()["image"]["cached"] is True
+            got = await client.get(f"/api/images/{small_id}")
+            assert got.status_code == 200
+            assert len(got.content) == small.json()["image"]["bytes"]
+
+            filler.unlink()
+            assert (await client.get("/readyz")).status_code == 200
+            big = await client.post("/api/images", json=BIG)
+            assert big.status_code == 200, big.text
+            assert server.temp_files() == []
+            assert f"sat/images/{big.json()['image']['id']}.json" in moto_s3.keys(bucket)
+    finally:
+        server.stop()
     assert "Traceback" not in server.log(), server.log()[-3000:]

@@ -6,6 +6,9 @@
 * Failures: a missing bucket, refused credentials and an unreachable endpoint are 503
   `backend_unavailable` (Retry-After) on requests and a clear `store_error` on /readyz; the
   failed operations are reported by operation; no 500, no partial object, no temp file left.
+* A full local disk (where downloads are gathered) is `StoreFull` (507) with no temp file and
+  no object, and /readyz says so until there is room; a service that answers "full" (MinIO's
+  507 XMinioStorageFull, Ceph RGW's 403 QuotaExceeded) is `StoreFull` too, not a 503.
 * The app: an image fetched, streamed (ETag/304), described and analysed through the S3 store.
 * Two `satapi serve` processes sharing one bucket: what one fetched the other serves (bytes,
   meta, cache hit, analysis by id); both downloading one new id at once store one blob, and
@@ -15,7 +18,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -29,7 +34,7 @@ from pydantic import SecretStr
 
 from satapi.app import create_app
 from satapi.config import Settings, load_settings
-from satapi.errors import BackendUnavailable
+from satapi.errors import BackendUnavailable, StoreFull
 from satapi.storage import ImageRecord, open_stores
 from satapi.stores.s3 import S3AnalysisStore, S3ImageStore, S3Options, open_s3_stores
 from tests.conftest import WMS_URL, png_bytes
@@ -244,6 +249,107 @@ async def test_an_unreachable_endpoint_fails_fast_and_clean(
     assert list((tmp_path / "tmp").iterdir()) == []  # the temp file went too
     assert {op for op, _ in errors} == {"get", "put"}
     await images.close()
+
+
+async def test_a_full_local_disk_is_store_full_with_nothing_left(
+    s3: tuple[S3ImageStore, S3AnalysisStore, str],
+    moto_s3: MotoServer,
+    tmp_path: Path,
+    errors: list[tuple[str, str]],
+) -> None:
+    # The download is gathered in a temp file on the local disk first; ENOSPC there (injected
+    # into the file's writes; tests/test_disk_full.py fills a real tmpfs) is a 507, not a 500.
+    images, _, bucket = s3
+    writer = await images.open_writer(an_id(10))
+
+    async def no_space(data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer._file.write = no_space  # type: ignore[attr-defined]
+    await writer.write(b"x" * 1000)  # gathered in memory: nothing written yet
+    with pytest.raises(StoreFull) as caught:
+        await writer.write(b"y" * 300_000)
+    assert caught.value.retry_after and "Nothing partial" in caught.value.message
+    await writer.abort()  # what the caller's clean-up does
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert moto_s3.keys(bucket) == []
+    assert errors == []  # the object store did nothing wrong
+
+    # /readyz: full until the write that failed would fit.
+    free = {"bytes": 0}
+    images.space._free_bytes = lambda: free["bytes"]  # type: ignore[method-assign]
+    problem = await images.problem()
+    assert problem is not None and "full" in problem
+    free["bytes"] = 10**9
+    assert await images.problem() is None
+    await images.put_bytes(record(an_id(10), 3), b"abc")
+    assert await images.get(an_id(10), check=True) is not None
+
+
+class FullObjectStore:
+    """An S3 endpoint on 127.0.0.1 that refuses every PUT the way a full service does."""
+
+    def __init__(self, status: int, code: str) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+            "<Message>Storage backend has reached its minimum free drive threshold.</Message>"
+            "<RequestId>1</RequestId></Error>"
+        ).encode()
+        self.puts = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                outer.puts += 1
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(("status", "code"), [(507, "XMinioStorageFull"), (403, "QuotaExceeded")])
+async def test_a_full_object_store_is_store_full_not_unavailable(
+    status: int, code: str, tmp_path: Path, errors: list[tuple[str, str]]
+) -> None:
+    service = FullObjectStore(status, code)
+    images, analyses = open_s3_stores(
+        "s3://bucket/p",
+        options(None, endpoint=service.url),
+        temp_dir=tmp_path / "tmp",
+        on_error=lambda op, kind: errors.append((op, kind)),
+    )
+    await images.start()
+    try:
+        writer = await images.open_writer(an_id(11))
+        await writer.write(png_bytes(8, 8))
+        with pytest.raises(StoreFull) as caught:
+            await writer.commit(record(an_id(11), 10))
+        assert code in caught.value.message and caught.value.retry_after
+        assert list((tmp_path / "tmp").iterdir()) == []
+        with pytest.raises(StoreFull):
+            await analyses.put(an_id(11), {"analysis": {}})
+        problem = await images.problem()
+        assert problem is not None and "object store is full" in problem
+        assert ("put", "full") in errors
+    finally:
+        await images.close()
+        service.close()
 
 
 # --- settings -----------------------------------------------------------------------------------

@@ -180,6 +180,15 @@ async def open_resources(
             max_pixels=settings.ai_max_pixels,
             limiter=ai_limiter,
         )
+        log.info(
+            "analyzers: claude (%s) and local; 'auto' uses claude (an Anthropic API key is set)",
+            settings.anthropic_model,
+        )
+    else:
+        log.info(
+            "analyzers: local only; 'auto' uses local (no Anthropic API key: ANTHROPIC_API_KEY "
+            "and SATAPI_ANTHROPIC_API_KEY are unset or blank)"
+        )
     try:
         yield Resources(
             settings=settings,

@@ -213,6 +213,12 @@ def builtin_providers() -> dict[str, ProviderConfig]:
     }
 
 
+def _is_blank(value: Any) -> bool:
+    """True for an empty or whitespace-only string (or SecretStr)."""
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    return isinstance(text, str) and not text.strip()
+
+
 def _split_commas(value: Any) -> Any:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -390,6 +396,42 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split_commas(value)
+
+    # Blank settings (gaps round): an empty or whitespace-only value is no value. An exported
+    # but empty ANTHROPIC_API_KEY (a template, `ANTHROPIC_API_KEY=`) means the local analyzer,
+    # not a Claude analyzer whose every call fails authentication; likewise for the AWS and
+    # Redis settings, where "" was sent as a credential or refused as a URL.
+    @field_validator(
+        "anthropic_api_key",
+        "anthropic_base_url",
+        "redis_url",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "aws_endpoint_url",
+        "aws_region",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if _is_blank(value) else value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _no_blank_api_keys(cls, value: Any) -> Any:
+        # A blank key never matches (an empty credential is refused before any comparison), so
+        # blank entries of a list are dropped. A list of nothing but blanks is refused: running
+        # open to anyone is not a safe reading of `api_keys = [""]` (a template whose variable
+        # was empty). SATAPI_API_KEYS="" stays "no keys", as for every comma-separated setting.
+        if isinstance(value, list | tuple):
+            kept = [item for item in value if not _is_blank(item)]
+            if value and not kept:
+                raise ValueError(
+                    "every API key given is blank; give real keys, or remove api_keys to run "
+                    "without them"
+                )
+            return kept
+        return value
 
     @field_validator("redis_url")
     @classmethod

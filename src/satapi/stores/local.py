@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
-import os
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -20,34 +17,47 @@ from typing import Any
 import aiofiles
 import aiofiles.os
 
-from satapi.errors import InvalidRequest, NotFound, StoreFull
+from satapi.errors import InvalidRequest, NotFound
 from satapi.storage import ImageRecord, ImageWriter, check_id
+from satapi.stores.spool import (
+    NO_SPACE,
+    STORE_FULL_RETRY_AFTER_S,
+    TEMP_PREFIX,
+    WRITE_BUFFER,
+    SpaceWatch,
+    SpoolWriter,
+    is_no_space,
+    is_stale_temp,
+    remove_quietly,
+    remove_temp_files,
+    store_full,
+    temp_name,
+)
+
+# Re-exported: the temp-file helpers lived here before spool.py, and callers still import them.
+__all__ = [
+    "NO_SPACE",
+    "STORE_FULL_RETRY_AFTER_S",
+    "TEMP_PREFIX",
+    "WRITE_BUFFER",
+    "LocalAnalysisStore",
+    "LocalImageStore",
+    "bytes_look_like",
+    "is_no_space",
+    "is_stale_temp",
+    "remove_temp_files",
+    "store_full",
+    "temp_name",
+]
 
 log = logging.getLogger("satapi.storage")
 
-TEMP_PREFIX = ".tmp-"
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}
 CHUNK = 64 * 1024
-WRITE_BUFFER = 256 * 1024  # bytes gathered per aiofiles write
 RECHECK_S = 2.0  # how long a record seen on disk is trusted from memory
 MEMORY_RECORDS = 4096  # records kept in memory, most recently used
-NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
-STORE_FULL_RETRY_AFTER_S = 60.0
 ORPHAN_AGE_S = 300.0  # an image without a record this old is no publish in progress
 MAGIC = {"image/png": (b"\x89PNG\r\n\x1a\n",), "image/jpeg": (b"\xff\xd8\xff",)}
-
-
-def is_no_space(exc: BaseException) -> bool:
-    """True for the OSError of a full disk (or an exhausted quota)."""
-    return isinstance(exc, OSError) and exc.errno in NO_SPACE
-
-
-def store_full(what: str) -> StoreFull:
-    """The client-facing error for a write that found no room."""
-    return StoreFull(
-        f"The data directory is full: {what} could not be stored. Nothing partial was kept.",
-        retry_after=STORE_FULL_RETRY_AFTER_S,
-    )
 
 
 def bytes_look_like(head: bytes, content_type: str) -> bool:
@@ -55,102 +65,18 @@ def bytes_look_like(head: bytes, content_type: str) -> bool:
     return any(head.startswith(m) for m in MAGIC.get(content_type, (b"",)))
 
 
-def temp_name(stem: str, suffix: str = "") -> str:
-    """A unique temporary file name that carries this process's id (see `is_stale_temp`)."""
-    return f"{TEMP_PREFIX}{os.getpid()}-{stem}-{uuid.uuid4().hex}{suffix}"
+class _LocalWriter(SpoolWriter):
+    """The shared temp-file writer (`spool.py`), committed by renaming in one hop.
 
-
-def is_stale_temp(name: str) -> bool:
-    """True for a temp file whose writing process is gone (or that names no process).
-
-    With several workers sharing a data directory, a worker starting up must not delete the
-    temp files of downloads other workers still have in flight.
-    """
-    pid_text = name.removeprefix(TEMP_PREFIX).split("-", 1)[0]
-    if not pid_text.isdigit():
-        return True
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-class _LocalWriter:
-    """Writes through aiofiles in pieces of up to `WRITE_BUFFER` bytes; commits in one hop.
-
-    Each aiofiles call is a hop to a worker thread and back, so chunks from the network are
-    gathered into bounded pieces first (a tiny image is one write), the shard directories are
-    made once at start-up, and the record plus both renames happen in a single hop.
+    The shard directories are made once at start-up, and the record plus both renames happen
+    in a single worker-thread hop.
     """
 
     def __init__(self, store: LocalImageStore, image_id: str) -> None:
+        super().__init__(store.meta_path(image_id).with_name(temp_name(image_id)), store.space)
         self._store = store
         self.image_id = image_id
-        self.temp_path = store.meta_path(image_id).with_name(temp_name(image_id))
-        self.bytes_written = 0
-        self._buffer = bytearray()
-        self._file: Any = None
-        self._done = False
         store._writers.add(self)
-
-    async def _open(self) -> None:
-        try:
-            try:
-                self._file = await aiofiles.open(self.temp_path, "wb")
-            except FileNotFoundError:  # the shard directory was removed while running
-                await aiofiles.os.makedirs(self.temp_path.parent, exist_ok=True)
-                self._file = await aiofiles.open(self.temp_path, "wb")
-        except OSError as exc:
-            raise self._full(exc, 0) from None
-
-    def _full(self, exc: OSError, needed: int) -> OSError | StoreFull:
-        # A full disk is the client's 507 (and /readyz's concern), anything else stays an
-        # internal error. The caller's `abort` removes what was written.
-        if not is_no_space(exc):
-            return exc
-        self._store._out_of_space(needed)
-        return store_full("the image")
-
-    async def write(self, chunk: bytes) -> None:
-        self.bytes_written += len(chunk)
-        if not self._buffer and len(chunk) >= WRITE_BUFFER:
-            try:
-                await self._file.write(chunk)  # big enough on its own: no copy
-            except OSError as exc:
-                raise self._full(exc, self.bytes_written) from None
-            return
-        self._buffer += chunk
-        if len(self._buffer) >= WRITE_BUFFER:
-            await self._flush()
-
-    async def _flush(self) -> None:
-        if self._buffer:
-            # Hand the buffer itself to the worker thread (no copy) and start a new one.
-            data, self._buffer = self._buffer, bytearray()
-            try:
-                await self._file.write(data)
-            except OSError as exc:
-                raise self._full(exc, self.bytes_written) from None
-
-    async def reset(self) -> None:
-        self._buffer.clear()
-        await self._file.seek(0)
-        await self._file.truncate()
-        self.bytes_written = 0
-
-    async def finish(self) -> None:
-        if not self._file.closed:
-            await self._flush()
-            try:
-                await self._file.close()  # flushes Python's buffer too
-            except OSError as exc:
-                raise self._full(exc, self.bytes_written) from None
 
     async def commit(self, record: ImageRecord) -> ImageRecord:
         await self.finish()
@@ -159,8 +85,8 @@ class _LocalWriter:
         try:
             await asyncio.to_thread(_publish, self.temp_path, final_path, meta_path, record)
         except OSError as exc:
-            raise self._full(exc, self.bytes_written) from None
-        self._store._short = None  # a write went through: there is room again
+            raise self.no_space(exc, self.bytes_written) from None
+        self._space.wrote()
         self._done = True
         self._store._writers.discard(self)
         self._store._remember(record)
@@ -168,15 +94,8 @@ class _LocalWriter:
         return record
 
     async def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._buffer.clear()
-        if self._file is not None:
-            with contextlib.suppress(Exception):
-                await self._file.close()
-        await _remove_quietly(self.temp_path)
-        self._store._writers.discard(self)
+        if await self.discard():
+            self._store._writers.discard(self)
 
 
 def _publish(temp_path: Path, final_path: Path, meta_path: Path, record: ImageRecord) -> None:
@@ -192,11 +111,6 @@ def _publish(temp_path: Path, final_path: Path, meta_path: Path, record: ImageRe
         meta_temp.unlink(missing_ok=True)
         temp_path.unlink(missing_ok=True)
         raise
-
-
-async def _remove_quietly(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        await aiofiles.os.remove(path)
 
 
 class LocalImageStore:
@@ -222,9 +136,9 @@ class LocalImageStore:
         # several workers sharing the directory another may evict an image meanwhile, so
         # memory is trusted for RECHECK_S only, and readers report a vanished image as 404.
         self._seen: OrderedDict[str, tuple[ImageRecord, float]] = OrderedDict()
-        # Bytes the last write that ran out of space needed (None: no such failure since the
-        # last write that went through); /readyz reports the store unwritable until it fits.
-        self._short: int | None = None
+        # Remembers a write that ran out of space; /readyz reports the store unwritable until
+        # the disk has room for it.
+        self.space = SpaceWatch(self.root)
 
     # -- paths ----------------------------------------------------------------------------------
 
@@ -335,7 +249,7 @@ class LocalImageStore:
         # the temp files of this process's unfinished writers (never other processes' files).
         for writer in list(self._writers):
             self._writers.discard(writer)
-            await _remove_quietly(writer.temp_path)
+            await remove_quietly(writer.temp_path)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -421,7 +335,7 @@ class LocalImageStore:
     async def open_writer(self, image_id: str) -> ImageWriter:
         writer = _LocalWriter(self, image_id)
         try:
-            await writer._open()
+            await writer.open()
         except Exception:
             await writer.abort()  # e.g. a full disk: forget the writer, nothing to clean up
             raise
@@ -435,26 +349,10 @@ class LocalImageStore:
         finally:
             await writer.abort()
 
-    def _out_of_space(self, needed: int) -> None:
-        if self._short is None:
-            log.warning("the data directory is full (a write of %d bytes failed)", needed)
-        self._short = max(needed, self._short or 0)
-
-    def _free_bytes(self) -> int:
-        stats = os.statvfs(self.root)
-        return stats.f_bavail * stats.f_frsize
-
     async def writable(self) -> bool:
-        if self._short is not None:
-            # Full until the write that failed would fit (space freed, or evictions).
-            try:
-                free = await asyncio.to_thread(self._free_bytes)
-            except OSError:
-                return False
-            if free < self._short:
-                return False
-            log.info("the data directory has room again (%d bytes free)", free)
-            self._short = None
+        # Full until the write that failed would fit (space freed, or evictions).
+        if not await self.space.has_room():
+            return False
         probe = self.root / temp_name("probe")
         try:
             async with aiofiles.open(probe, "wb") as f:
@@ -467,7 +365,7 @@ class LocalImageStore:
     async def problem(self) -> str | None:
         if await self.writable():
             return None
-        if self._short is not None:
+        if self.space.short is not None:
             return f"The data directory {self.root.parent} is full."
         return f"The data directory {self.root.parent} is not writable."
 
@@ -514,8 +412,8 @@ class LocalImageStore:
             self._total -= size
             self._seen.pop(image_id, None)
             # Record first: without it the image is already invisible.
-            await _remove_quietly(self.meta_path(image_id))
-            await _remove_quietly(self.image_path(image_id, content_type))
+            await remove_quietly(self.meta_path(image_id))
+            await remove_quietly(self.image_path(image_id, content_type))
             removed += 1
         self.evictions += removed
         return removed
@@ -554,18 +452,7 @@ class LocalAnalysisStore:
                 await f.write(json.dumps(result))
             await aiofiles.os.replace(temp, path)
         except BaseException as exc:
-            await _remove_quietly(temp)
+            await remove_quietly(temp)
             if is_no_space(exc):
                 raise store_full("the analysis result") from None
             raise
-
-
-def remove_temp_files(root: Path) -> int:
-    """Remove leftover temp files of processes that are gone under `root` (blocking)."""
-    count = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            if name.startswith(TEMP_PREFIX) and is_stale_temp(name):
-                Path(dirpath, name).unlink(missing_ok=True)
-                count += 1
-    return count

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,7 +34,6 @@ from time import monotonic
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import aiofiles
 import aiofiles.os
 import obstore
 from obstore.exceptions import (
@@ -44,16 +44,10 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store
 
-from satapi.errors import BackendUnavailable, NotFound
+from satapi.errors import BackendUnavailable, NotFound, StoreFull
 from satapi.storage import ImageRecord, check_id
-from satapi.stores.local import (
-    CHUNK,
-    EXTENSIONS,
-    RECHECK_S,
-    WRITE_BUFFER,
-    remove_temp_files,
-    temp_name,
-)
+from satapi.stores.local import CHUNK, EXTENSIONS, RECHECK_S
+from satapi.stores.spool import SpaceWatch, SpoolWriter, remove_temp_files, temp_name
 
 log = logging.getLogger("satapi.storage")
 
@@ -63,6 +57,11 @@ MEMORY_RECORDS = 4096
 RETRY_AFTER_S = 5.0
 READY_KEY = ".satapi-ready"
 CREATE_ATTEMPTS = 4
+# The answers of S3-compatible services whose storage is full: MinIO's 507 XMinioStorageFull
+# (below its free-drive threshold) and Ceph RGW's 403 QuotaExceeded (a bucket or user quota).
+# AWS S3 itself has no such answer.
+FULL_CODE = re.compile(r"<Code>(XMinioStorageFull|QuotaExceeded)</Code>")
+FULL_RETRY_AFTER_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -182,6 +181,19 @@ class S3Objects:
             message, backend="store", retry_after=RETRY_AFTER_S, extra={"reason": kind}
         )
 
+    def _full(self, operation: str, exc: BaseException) -> StoreFull | None:
+        match = FULL_CODE.search(str(exc))
+        if match is None:
+            return None
+        log.warning("object store %s refused: %s (%s)", operation, match[1], self.location)
+        if self._on_error is not None:
+            with contextlib.suppress(Exception):
+                self._on_error(operation, "full")
+        return StoreFull(
+            f"The object store is full ({match[1]}): nothing was stored. Try again later.",
+            retry_after=FULL_RETRY_AFTER_S,
+        )
+
     async def _run(self, operation: str, call: Awaitable[T]) -> T:
         try:
             async with asyncio.timeout(self._timeout_s + 5):  # obstore's own deadline, plus slack
@@ -193,7 +205,7 @@ class S3Objects:
                 raise
             raise self._failure(operation, exc) from None
         except (BaseError, OSError, TimeoutError) as exc:
-            raise self._failure(operation, exc) from None
+            raise self._full(operation, exc) or self._failure(operation, exc) from None
 
     async def get_bytes(self, key: str) -> bytes | None:
         """The whole object, or None when there is no such key."""
@@ -255,60 +267,27 @@ class S3ImageRecord(ImageRecord):
     blob: str
 
 
-class _S3Writer:
-    """Gathers the download in a local temp file (verified there), then publishes it to S3."""
+class _S3Writer(SpoolWriter):
+    """The shared temp-file writer (`spool.py`): the download is gathered and verified in a
+    local temp file, then published to S3; the temp file goes either way."""
 
     def __init__(self, store: S3ImageStore, image_id: str) -> None:
+        super().__init__(store.temp_dir / temp_name(image_id), store.space)
         self._store = store
         self.image_id = image_id
-        self.temp_path = store.temp_dir / temp_name(image_id)
-        self.bytes_written = 0
-        self._buffer = bytearray()
-        self._file: Any = None
-        self._done = False
         store._writers.add(self)
-
-    async def _open(self) -> None:
-        self._file = await aiofiles.open(self.temp_path, "wb")
-
-    async def write(self, chunk: bytes) -> None:
-        self.bytes_written += len(chunk)
-        self._buffer += chunk
-        if len(self._buffer) >= WRITE_BUFFER:
-            data, self._buffer = self._buffer, bytearray()
-            await self._file.write(data)
-
-    async def reset(self) -> None:
-        self._buffer.clear()
-        await self._file.seek(0)
-        await self._file.truncate()
-        self.bytes_written = 0
-
-    async def finish(self) -> None:
-        if not self._file.closed:
-            if self._buffer:
-                data, self._buffer = self._buffer, bytearray()
-                await self._file.write(data)
-            await self._file.close()
 
     async def commit(self, record: ImageRecord) -> ImageRecord:
         try:
             await self.finish()
+            self._space.wrote()  # the spool disk had room for the whole image
             return await self._store._publish(record, self.temp_path)
         finally:
             await self.abort()  # the temp file goes, whether the image was stored or not
 
     async def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._buffer.clear()
-        if self._file is not None:
-            with contextlib.suppress(Exception):
-                await self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            await aiofiles.os.remove(self.temp_path)
-        self._store._writers.discard(self)
+        if await self.discard():
+            self._store._writers.discard(self)
 
 
 class S3ImageStore:
@@ -323,6 +302,9 @@ class S3ImageStore:
         self.temp_dir = Path(temp_dir)
         self._seen: OrderedDict[str, tuple[S3ImageRecord, float]] = OrderedDict()
         self._writers: set[_S3Writer] = set()
+        # Downloads are gathered on the local disk first: a full one is a 507 and /readyz's
+        # concern until it has room again, as with the file store.
+        self.space = SpaceWatch(self.temp_dir)
 
     @staticmethod
     def record_key(image_id: str) -> str:
@@ -409,7 +391,7 @@ class S3ImageStore:
         check_id(image_id)
         writer = _S3Writer(self, image_id)
         try:
-            await writer._open()
+            await writer.open()
         except Exception:
             await writer.abort()
             raise
@@ -464,10 +446,12 @@ class S3ImageStore:
         return await self.problem() is None
 
     async def problem(self) -> str | None:
-        """None when an object can be written now, else why not (for /readyz)."""
+        """None when an image can be stored now, else why not (for /readyz)."""
+        if not await self.space.has_room():
+            return f"The data directory's temp folder {self.temp_dir} (downloads) is full."
         try:
             await self.objects.put(READY_KEY, b"ok", create=False)
-        except BackendUnavailable as exc:
+        except (BackendUnavailable, StoreFull) as exc:
             return exc.message
         return None
 

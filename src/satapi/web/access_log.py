@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Collection
@@ -11,12 +12,15 @@ from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from satapi.observability.events import NullObserver, Observer, RequestFinished, request_notes
+from satapi.web.middleware import CLIENT_CLOSED
 
 log = logging.getLogger("satapi.access")
 
 UNMATCHED = "<unmatched>"
 # Probes and scrapes arrive every few seconds; they are logged at DEBUG unless they fail.
 QUIET_ROUTES = frozenset({"/metrics", "/healthz", "/readyz"})
+# nginx's "client closed request": the client went away before the response started.
+CLIENT_CLOSED_STATUS = 499
 
 
 def route_template(scope: Scope, original: Scope | None = None) -> str:
@@ -44,6 +48,10 @@ def route_template(scope: Scope, original: Scope | None = None) -> str:
     return partial or UNMATCHED
 
 
+def _is_cancel(error: BaseException) -> bool:
+    return isinstance(error, asyncio.CancelledError)
+
+
 def _template_of(route: Any) -> str:
     if isinstance(route, Mount):
         return f"{route.path}/{{path}}"
@@ -56,7 +64,9 @@ class AccessLogMiddleware:
 
     Streaming responses (images, server-sent events) are logged when the last byte has gone, with
     their whole duration; `ttfb_ms` says when the response started. The line carries the route
-    template, never the query string.
+    template, never the query string. A request whose client went away before the response
+    started is logged (and counted) as 499, like nginx does; an exception before the response
+    started is a 500.
     """
 
     def __init__(
@@ -113,15 +123,18 @@ class AccessLogMiddleware:
         notes: dict[str, Any],
     ) -> None:
         duration = time.perf_counter() - started
-        # An exception before the response started becomes a 500 further out.
-        status = status or 500
+        state = scope.get("state") or {}
+        if not status:
+            # No response started: the client left first (its request was cancelled), or an
+            # exception that becomes a 500 further out, even if the client left meanwhile.
+            left = state.get(CLIENT_CLOSED) and (error is None or _is_cancel(error))
+            status = CLIENT_CLOSED_STATUS if left else 500
         route = route_template(scope, original)
         method = str(scope.get("method", ""))
         self.observer.observe(
             RequestFinished(method=method, route=route, status=status, duration_s=duration)
         )
         client = scope.get("client")
-        state = scope.get("state") or {}
         if route in self.quiet_routes and status < 400:
             level = logging.DEBUG
         else:

@@ -16,6 +16,9 @@ from satapi.errors import Unauthorized
 from satapi.web.auth import bearer_token, check_api_key
 
 request_id_var: ContextVar[str | None] = ContextVar("satapi_request_id", default=None)
+# Set in the request's scope state when the client went away before its answer was complete
+# (the access log then says 499 for a response that never started, as nginx does).
+CLIENT_CLOSED = "client_closed"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -118,6 +121,7 @@ class BodyLimitMiddleware:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                scope.setdefault("state", {})[CLIENT_CLOSED] = True
                 return
             body = message.get("body", b"")
             received += len(body)
@@ -161,6 +165,7 @@ async def _cancel_on_disconnect(
             pass
         if running and not finished:
             client_left = True
+            scope.setdefault("state", {})[CLIENT_CLOSED] = True
             task.cancel()
 
     watcher = asyncio.ensure_future(watch())
