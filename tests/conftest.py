@@ -19,6 +19,7 @@ from PIL import Image  # noqa: E402
 
 from satapi.app import create_app  # noqa: E402
 from satapi.config import Settings  # noqa: E402
+from tests.support.wms_mock import mock_transport  # noqa: E402
 
 pytest_plugins = [
     "tests.support.mapserver_plugin",
@@ -70,9 +71,10 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 
 @pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client talking to an app built from `settings`, with its lifespan running."""
-    app = create_app(settings)
+async def client(settings: Settings, wms: respx.Router) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to an app built from `settings`, with its lifespan running; its
+    WMS client's requests are answered by the `wms` router."""
+    app = create_app(settings, http_transport=mock_transport(wms))
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(

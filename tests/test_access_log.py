@@ -28,6 +28,7 @@ from satapi.observability.logs import setup_logging
 from satapi.web.access_log import AccessLogMiddleware
 from satapi.web.middleware import RequestIdMiddleware
 from tests.conftest import WMS_URL, png_bytes
+from tests.support.wms_mock import mock_transport
 
 BODY = {"bbox": [10, 45, 14, 47], "width": 64, "height": 32}
 SECRET = "wms-key-9f8e7d6c5b4a3210"
@@ -47,8 +48,10 @@ def echoing_wms(request: httpx.Request) -> httpx.Response:
 
 
 @asynccontextmanager
-async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
+async def app_client(
+    settings: Settings, wms: respx.Router | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, http_transport=mock_transport(wms))
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(
@@ -143,7 +146,7 @@ async def test_json_lines_parse_and_no_secret_appears(
     )
     route = wms.get(WMS_URL).mock(side_effect=echoing_wms)
     with service_logging("json", settings.secrets, monkeypatch) as buffer:
-        async with app_client(settings) as c:
+        async with app_client(settings, wms=wms) as c:
             ok = await c.post("/api/images", json=BODY)
             hit = await c.post("/api/images", json=BODY)
             broken = await c.post("/api/images", json={**BODY, "layer": "broken"})
@@ -191,7 +194,7 @@ async def test_text_lines_are_key_value_without_secrets(
     )
     wms.get(WMS_URL).mock(side_effect=echoing_wms)
     with service_logging("text", settings.secrets, monkeypatch) as buffer:
-        async with app_client(settings) as c:
+        async with app_client(settings, wms=wms) as c:
             await c.post("/api/images", json=BODY, headers={"X-Request-ID": "text-1"})
             await c.post("/api/images", json={**BODY, "layer": "broken"})
     output = buffer.getvalue()
@@ -297,7 +300,7 @@ async def test_requests_sharing_one_download_log_one_download_line(
 
     wms.get(WMS_URL).mock(side_effect=slow_wms)
     with service_logging("json", settings.secrets, monkeypatch) as buffer:
-        async with app_client(settings) as c:
+        async with app_client(settings, wms=wms) as c:
             answers = await asyncio.gather(*(c.post("/api/images", json=BODY) for _ in range(3)))
     assert [a.status_code for a in answers] == [200, 200, 200]
     lines = [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]

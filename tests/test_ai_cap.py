@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 
 import pytest
+import respx
 
 from satapi.config import Settings
 from satapi.coordination.local import LocalSlotLimiter
@@ -47,10 +48,11 @@ async def test_cap_holds_under_50_concurrent_requests(
     make_settings: Callable[..., Settings],
     fake_anthropic: FakeAnthropic,
     upstream: LandCoverWMS,
+    wms: respx.Router,
 ) -> None:
     fake_anthropic.script(Reply(text=["Fields ", "and ", "a river."], delay=0.05))
     settings = _settings(make_settings, fake_anthropic, max_concurrent_ai=5, max_ai_waiting=100)
-    async with app_client(settings) as client:
+    async with app_client(settings, wms=wms) as client:
         answers = await asyncio.gather(*(client.post(URL, json=_body(i)) for i in range(50)))
         metrics = (await client.get("/metrics")).text
     assert [r.status_code for r in answers] == [200] * 50, answers[0].text
@@ -71,11 +73,12 @@ async def test_beyond_the_waiting_bound_is_503_ai_busy_with_retry_after(
     make_settings: Callable[..., Settings],
     fake_anthropic: FakeAnthropic,
     upstream: LandCoverWMS,
+    wms: respx.Router,
 ) -> None:
     # Each reply takes 0.6 s; one call may run, one may wait, the third is refused at once.
     fake_anthropic.script(Reply(text=["a", "b", "c"], delay=0.2))
     settings = _settings(make_settings, fake_anthropic, max_concurrent_ai=1, max_ai_waiting=1)
-    async with app_client(settings) as client:
+    async with app_client(settings, wms=wms) as client:
 
         async def gauge(name: str) -> float:
             return _metric((await client.get("/metrics")).text, name)
@@ -108,9 +111,10 @@ async def test_cache_hits_and_local_analyses_take_no_ai_permit(
     make_settings: Callable[..., Settings],
     fake_anthropic: FakeAnthropic,
     upstream: LandCoverWMS,
+    wms: respx.Router,
 ) -> None:
     settings = _settings(make_settings, fake_anthropic, max_concurrent_ai=1, max_ai_waiting=0)
-    async with app_client(settings) as client:
+    async with app_client(settings, wms=wms) as client:
         assert (await client.post(URL, json=_body(0))).status_code == 200
         again = await client.post(URL, json=_body(0))
         local = await client.post(URL, json={**_body(1), "analyzer": "local"})

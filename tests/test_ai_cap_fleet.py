@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
+import respx
 
 from satapi.config import Settings
 from satapi.coordination.redis import RedisCoordinator, RedisSlotLimiter
@@ -38,8 +39,10 @@ def _settings(
 
 
 @contextlib.asynccontextmanager
-async def _two_apps(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, ...]]:
-    async with app_client(settings) as a, app_client(settings) as b:
+async def _two_apps(
+    settings: Settings, wms: respx.Router
+) -> AsyncIterator[tuple[httpx.AsyncClient, ...]]:
+    async with app_client(settings, wms=wms) as a, app_client(settings, wms=wms) as b:
         yield a, b
 
 
@@ -60,12 +63,13 @@ async def test_the_cap_holds_across_two_apps(
     fake_anthropic: FakeAnthropic,
     upstream: LandCoverWMS,
     redis_server: RedisServer,
+    wms: respx.Router,
 ) -> None:
     fake_anthropic.script(Reply(text=["Fields ", "and ", "a river."], delay=0.05))
     settings = _settings(
         make_settings, fake_anthropic, redis_server, max_concurrent_ai=3, max_ai_waiting=100
     )
-    async with _two_apps(settings) as apps:
+    async with _two_apps(settings, wms) as apps:
         answers = await asyncio.gather(*(apps[i % 2].post(URL, json=_body(i)) for i in range(30)))
         for app in apps:  # the fleet gauges are read from Redis every second
             await _until(app, "satapi_fleet_ai_calls_in_flight", 0)
@@ -93,6 +97,7 @@ async def test_beyond_the_fleet_waiting_bound_is_503_ai_busy(
     fake_anthropic: FakeAnthropic,
     upstream: LandCoverWMS,
     redis_server: RedisServer,
+    wms: respx.Router,
 ) -> None:
     # Each reply takes 4.5 s (longer than the fleet gauges' 1 s refresh); one call may run (in A),
     # one may wait (in B), so a third -- in A, where nothing waits -- is refused at once: the
@@ -101,7 +106,7 @@ async def test_beyond_the_fleet_waiting_bound_is_503_ai_busy(
     settings = _settings(
         make_settings, fake_anthropic, redis_server, max_concurrent_ai=1, max_ai_waiting=1
     )
-    async with _two_apps(settings) as (a, b):
+    async with _two_apps(settings, wms) as (a, b):
         first = asyncio.create_task(a.post(URL, json=_body(0)))
         assert await fake_anthropic.wait_for_async(lambda: fake_anthropic.in_flight == 1)
         second = asyncio.create_task(b.post(URL, json=_body(1)))
@@ -130,9 +135,10 @@ async def test_redis_down_is_503_backend_unavailable(
     fake_anthropic: FakeAnthropic,
     upstream: LandCoverWMS,
     redis_server: RedisServer,
+    wms: respx.Router,
 ) -> None:
     settings = _settings(make_settings, fake_anthropic, redis_server, max_concurrent_ai=2)
-    async with app_client(settings) as client:
+    async with app_client(settings, wms=wms) as client:
         # The image is stored (local analysis), so the Claude request below needs no WMS permit:
         # the AI cap is the only thing that asks Redis.
         local = await client.post(URL, json={**_body(0), "analyzer": "local"})

@@ -179,7 +179,7 @@ def test_analyzercost_measures_both_code_paths() -> None:
 
 
 def test_clientab_measures_both_transports() -> None:
-    # The WMS transport A/B behind bench/findings.md (issue 14): both transports download.
+    # The WMS transport A/B (issue 14): satapi's aiohttp transport and the former httpcore2 one.
     done = subprocess.run(
         [
             sys.executable,

@@ -199,7 +199,7 @@ async def test_image_urls_of_allowed_hosts_work(
         "image1_url": _getmap_url(WMS_URL, BEFORE),  # a configured provider's host
         "image2_url": _getmap_url(ALLOWED, AFTER),  # an allowed host
     }
-    async with _app_client(settings) as c:
+    async with _app_client(settings, wms=wms) as c:
         r = await c.post("/api/comparison/download", json=body)
         assert r.status_code == 200, r.text
         images = r.json()["images"]
@@ -528,7 +528,7 @@ async def ai_client(
         anthropic_base_url=fake_anthropic.base_url,
         anthropic_max_retries=0,
     )
-    async with _app_client(settings) as c:
+    async with _app_client(settings, wms=wms) as c:
         yield c
 
 
@@ -603,7 +603,7 @@ async def test_stream_events_and_result_equal_to_the_plain_answer(
 ) -> None:
     slow = scene_wms(latency=0.2)
     wms.get(WMS_URL).mock(side_effect=slow)
-    async with _app_client(make_settings(data_dir=tmp_path / "stream")) as c:
+    async with _app_client(make_settings(data_dir=tmp_path / "stream"), wms=wms) as c:
         events = await read_stream(c, LOCAL)
     names = [name for name, _ in events]
     statuses = [data for name, data in events if name == "status"]
@@ -626,7 +626,7 @@ async def test_stream_events_and_result_equal_to_the_plain_answer(
     assert "".join(deltas) == result["analysis"]["text"]
 
     # The plain endpoint on a fresh app (same requests, nothing cached) gives the same answer.
-    async with _app_client(make_settings(data_dir=tmp_path / "plain")) as c:
+    async with _app_client(make_settings(data_dir=tmp_path / "plain"), wms=wms) as c:
         plain = await c.post("/api/comparison/analyze", json=LOCAL)
     assert plain.status_code == 200, plain.text
     answer = plain.json()

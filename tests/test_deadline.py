@@ -18,7 +18,7 @@ async def test_request_past_its_deadline_is_504_and_cancels_the_download(
     settings = make_settings(request_timeout_s=0.3, wms_total_timeout_s=30)
     upstream = SlowWMS(latency=5)
     wms.get(WMS_URL).mock(side_effect=upstream)
-    async with _app_client(settings) as c:
+    async with _app_client(settings, wms=wms) as c:
         r = await c.post("/api/images", json=BODY)
         assert r.status_code == 504
         body = r.json()

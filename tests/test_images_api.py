@@ -14,6 +14,7 @@ import respx
 
 from satapi.config import Settings
 from tests.conftest import WMS_URL, png_bytes, store_files
+from tests.support.wms_mock import mock_transport
 
 BODY = {"bbox": [10, 45, 14, 47], "width": 64, "height": 32}
 
@@ -113,7 +114,7 @@ async def test_cap_never_exceeded_and_batch_takes_ceil_n_over_cap_latencies(
     settings = make_settings(max_concurrent_wms=cap)
     upstream = SlowWMS(latency=0.2)
     wms.get(WMS_URL).mock(side_effect=upstream)
-    async with _app_client(settings) as c:
+    async with _app_client(settings, wms=wms) as c:
         started = time.perf_counter()
         bodies = [{**BODY, "bbox": [10, 45, 14, 47 - i * 0.01]} for i in range(50)]
         results = await asyncio.gather(*(c.post("/api/images", json=b) for b in bodies))
@@ -127,7 +128,7 @@ async def test_cap_never_exceeded_and_batch_takes_ceil_n_over_cap_latencies(
         assert permits_back(c)
 
 
-def _app_client(settings: Settings) -> Any:
+def _app_client(settings: Settings, wms: respx.Router | None = None) -> Any:
     from contextlib import asynccontextmanager
 
     from asgi_lifespan import LifespanManager
@@ -136,7 +137,7 @@ def _app_client(settings: Settings) -> Any:
 
     @asynccontextmanager
     async def cm() -> Any:
-        app = create_app(settings)
+        app = create_app(settings, http_transport=mock_transport(wms))
         async with (
             LifespanManager(app) as m,
             httpx.AsyncClient(
@@ -247,7 +248,7 @@ async def test_oversize_aborts_and_leaves_no_file(
         return httpx.Response(200, content=body(), headers={"content-type": "image/png"})
 
     wms.get(WMS_URL).mock(side_effect=streamed)
-    async with _app_client(settings) as c:
+    async with _app_client(settings, wms=wms) as c:
         r = await c.post("/api/images", json=BODY)
         assert r.status_code == 502 and r.json()["code"] == "image_too_large"
         assert store_files(settings.data_dir) == []
@@ -260,7 +261,7 @@ async def test_timeout_is_504_and_permits_come_back(
     settings = make_settings(wms_total_timeout_s=0.3)
     upstream = SlowWMS(latency=5)
     wms.get(WMS_URL).mock(side_effect=upstream)
-    async with _app_client(settings) as c:
+    async with _app_client(settings, wms=wms) as c:
         r = await c.post("/api/images", json=BODY)
         assert r.status_code == 504 and r.json()["code"] == "upstream_timeout"
         assert upstream.cancelled == 1
@@ -295,7 +296,7 @@ async def test_load_shedding_beyond_waiting_limit(
     settings = make_settings(max_concurrent_wms=2, max_waiting=3)
     upstream = SlowWMS(latency=0.3)
     wms.get(WMS_URL).mock(side_effect=upstream)
-    async with _app_client(settings) as c:
+    async with _app_client(settings, wms=wms) as c:
         bodies = [{**BODY, "bbox": [10, 45, 14, 47 - i * 0.01]} for i in range(10)]
         results = await asyncio.gather(*(c.post("/api/images", json=b) for b in bodies))
         codes = sorted(r.status_code for r in results)

@@ -21,6 +21,7 @@ from satapi.config import Settings
 from satapi.observability.metrics import Metrics
 from tests.conftest import WMS_URL, png_bytes
 from tests.support.fake_anthropic import FakeAnthropic, Reply
+from tests.support.wms_mock import mock_transport
 
 BODY = {"bbox": [10, 45, 14, 47], "width": 64, "height": 32}
 SERVICE_EXCEPTION = b"""<?xml version="1.0" encoding="UTF-8"?>
@@ -61,8 +62,10 @@ def wms_answer(request: httpx.Request) -> httpx.Response:
 
 
 @asynccontextmanager
-async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
+async def app_client(
+    settings: Settings, wms: respx.Router | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, http_transport=mock_transport(wms))
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(
@@ -158,8 +161,8 @@ async def test_two_apps_in_one_process_do_not_collide(
 ) -> None:
     wms.get(WMS_URL).mock(side_effect=wms_answer)
     async with (
-        app_client(make_settings()) as one,
-        app_client(make_settings(data_dir=make_settings().data_dir / "two")) as two,
+        app_client(make_settings(), wms=wms) as one,
+        app_client(make_settings(data_dir=make_settings().data_dir / "two"), wms=wms) as two,
     ):
         assert (await one.post("/api/images", json=BODY)).status_code == 200
         first, second = await scrape(one), await scrape(two)
@@ -182,7 +185,7 @@ async def test_gauges_show_permits_and_waiters_at_scrape_time(
         return wms_answer(request)
 
     wms.get(WMS_URL).mock(side_effect=slow)
-    async with app_client(make_settings(max_concurrent_wms=1)) as c:
+    async with app_client(make_settings(max_concurrent_wms=1), wms=wms) as c:
         bodies = [{**BODY, "bbox": [10, 45, 14, 47 - i * 0.01]} for i in range(3)]
         tasks = [asyncio.create_task(c.post("/api/images", json=b)) for b in bodies]
         for _ in range(500):
@@ -214,7 +217,7 @@ async def test_shed_requests_and_shared_downloads_are_counted(
         return wms_answer(request)
 
     wms.get(WMS_URL).mock(side_effect=slow)
-    async with app_client(make_settings(max_concurrent_wms=1, max_waiting=1)) as c:
+    async with app_client(make_settings(max_concurrent_wms=1, max_waiting=1), wms=wms) as c:
         bodies = [{**BODY, "bbox": [10, 45, 14, 47 - i * 0.01]} for i in range(4)]
         results = await asyncio.gather(*(c.post("/api/images", json=b) for b in bodies))
         shed = sum(r.status_code == 503 for r in results)
@@ -243,7 +246,7 @@ async def test_analyses_and_ai_tokens_are_counted(
     )
     fake_anthropic.script(Reply(input_tokens=1500, output_tokens=321, model="claude-fake-1"))
     analyze = "/api/vision/analyze_satellite"
-    async with app_client(settings) as c:
+    async with app_client(settings, wms=wms) as c:
         for _ in range(2):  # the second is served from the result store
             r = await c.post(analyze, json={**BODY, "analyzer": "claude"})
             assert r.status_code == 200, r.text

@@ -40,6 +40,7 @@ from satapi.stores.s3 import S3AnalysisStore, S3ImageStore, S3Options, open_s3_s
 from tests.conftest import WMS_URL, png_bytes
 from tests.support.fault_upstream import FaultUpstream, SatapiProcess, free_port
 from tests.support.s3server import MotoServer, aws_env
+from tests.support.wms_mock import mock_transport
 
 BODY = {"bbox": [10, 45, 14, 47], "width": 64, "height": 32}
 
@@ -417,8 +418,10 @@ def s3_settings(
     return make
 
 
-async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
+async def app_client(
+    settings: Settings, wms: respx.Router | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, http_transport=mock_transport(wms))
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(
@@ -435,7 +438,7 @@ async def test_the_api_on_the_s3_store(
     wms.get(WMS_URL).respond(200, content=png, headers={"Content-Type": "image/png"})
     settings = s3_settings()
     bucket = settings.store_url.split("/")[2]  # type: ignore[union-attr]
-    async for client in app_client(settings):
+    async for client in app_client(settings, wms=wms):
         r = await client.post("/api/images", json=BODY)
         assert r.status_code == 200, r.text
         image_id = r.json()["image"]["id"]
@@ -476,7 +479,7 @@ async def test_cache_ttl_applies_to_images_without_time(
     s3_settings: Callable[..., Settings], wms: respx.Router
 ) -> None:
     wms.get(WMS_URL).respond(200, content=png_bytes(64, 32), headers={"Content-Type": "image/png"})
-    async for client in app_client(s3_settings(cache_ttl_s=1.0)):
+    async for client in app_client(s3_settings(cache_ttl_s=1.0), wms=wms):
         first = await client.post("/api/images", json=BODY)
         again = await client.post("/api/images", json=BODY)
         assert again.json()["image"]["cached"] is True
@@ -495,7 +498,7 @@ async def test_the_api_when_the_store_is_unreachable(
 ) -> None:
     wms.get(WMS_URL).respond(200, content=png_bytes(64, 32), headers={"Content-Type": "image/png"})
     settings = s3_settings(aws_endpoint_url=f"http://127.0.0.1:{free_port()}")
-    async for client in app_client(settings):
+    async for client in app_client(settings, wms=wms):
         r = await client.post("/api/images", json=BODY)
         assert r.status_code == 503, r.text
         body = r.json()

@@ -46,6 +46,7 @@ from satapi.config import Settings
 from tests.conftest import WMS_URL
 from tests.support.fake_anthropic import FakeAnthropic, Reply
 from tests.support.fault_upstream import FaultUpstream, SatapiProcess
+from tests.support.wms_mock import mock_transport
 
 BBOX = [10.0, 45.0, 14.0, 47.0]
 BODY: dict[str, Any] = {"bbox": BBOX, "width": 64, "height": 32}
@@ -68,8 +69,10 @@ def png_for(request: httpx.Request) -> httpx.Response:
 
 
 @asynccontextmanager
-async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
+async def app_client(
+    settings: Settings, wms: respx.Router | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, http_transport=mock_transport(wms))
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(
@@ -186,9 +189,9 @@ async def test_allowed_url_is_fetched(client: httpx.AsyncClient, anywhere: respx
     ["http://127.0.0.1:8080", "http://169.254.169.254", "http://10.0.0.5", "http://[::1]"],
 )
 async def test_allowed_hosts_never_open_internal_addresses(
-    make_settings: Callable[..., Settings], anywhere: respx.Route, entry: str
+    make_settings: Callable[..., Settings], anywhere: respx.Route, entry: str, wms: respx.Router
 ) -> None:
-    async with app_client(make_settings(allowed_hosts=[entry])) as client:
+    async with app_client(make_settings(allowed_hosts=[entry]), wms=wms) as client:
         r = await client.post("/api/images", json={"wms_url": with_query(entry + "/wms")})
     assert_envelope(r, 400, "url_not_allowed")
     assert not anywhere.called
@@ -271,9 +274,9 @@ async def test_image_size_limits(
 
 
 async def test_configured_pixel_limit_named_in_the_message(
-    make_settings: Callable[..., Settings], anywhere: respx.Route
+    make_settings: Callable[..., Settings], anywhere: respx.Route, wms: respx.Router
 ) -> None:
-    async with app_client(make_settings(max_image_px=256)) as client:
+    async with app_client(make_settings(max_image_px=256), wms=wms) as client:
         r = await client.post("/api/images", json={**BODY, "width": 257})
     assert "256" in assert_envelope(r, 422, "invalid_request")["error"]
     assert not anywhere.called
@@ -294,7 +297,7 @@ async def test_image_bytes_over_the_limit(
         return_value=httpx.Response(200, content=content, headers={"content-type": "image/png"})
     )
     settings = make_settings(max_image_bytes=2048)
-    async with app_client(settings) as client:
+    async with app_client(settings, wms=wms) as client:
         r = await client.post("/api/images", json=BODY)
     assert "2048" in assert_envelope(r, 502, "image_too_large")["error"]
     root = settings.data_dir / "images"
@@ -319,9 +322,12 @@ async def test_prompt_limit(client: httpx.AsyncClient, anywhere: respx.Route) ->
     ids=["times", "range"],
 )
 async def test_timeseries_date_limit(
-    make_settings: Callable[..., Settings], anywhere: respx.Route, extra: dict[str, Any]
+    make_settings: Callable[..., Settings],
+    anywhere: respx.Route,
+    extra: dict[str, Any],
+    wms: respx.Router,
 ) -> None:
-    async with app_client(make_settings(max_timeseries_dates=4)) as client:
+    async with app_client(make_settings(max_timeseries_dates=4), wms=wms) as client:
         r = await post_or_skip(client, "/api/timeseries", {**BODY, **extra})
     envelope = assert_envelope(r, 422, "too_many_dates")
     assert "4" in envelope["error"]
@@ -336,7 +342,11 @@ BODY_LIMIT = 2048
     "path", ["/api/images", "/api/vision/analyze_satellite", "/api/comparison/download"]
 )
 async def test_request_body_limit(
-    make_settings: Callable[..., Settings], anywhere: respx.Route, declared: bool, path: str
+    make_settings: Callable[..., Settings],
+    anywhere: respx.Route,
+    declared: bool,
+    path: str,
+    wms: respx.Router,
 ) -> None:
     payload = json.dumps({**BODY, "layer": "x" * (2 * BODY_LIMIT)}).encode()
 
@@ -344,7 +354,7 @@ async def test_request_body_limit(
         for i in range(0, len(payload), 512):
             yield payload[i : i + 512]
 
-    async with app_client(make_settings(max_body_bytes=BODY_LIMIT)) as client:
+    async with app_client(make_settings(max_body_bytes=BODY_LIMIT), wms=wms) as client:
         r = await client.post(
             path,
             content=payload if declared else chunks(),
@@ -374,8 +384,10 @@ def api_operations(schema: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-async def keyed(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
-    async with app_client(make_settings(api_keys=KEYS)) as client:
+async def keyed(
+    make_settings: Callable[..., Settings], wms: respx.Router
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(make_settings(api_keys=KEYS), wms=wms) as client:
         yield client
 
 
@@ -437,8 +449,10 @@ ORIGIN = "https://app.example"
 
 
 @pytest.fixture
-async def cors(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
-    async with app_client(make_settings(cors_origins=[ORIGIN], api_keys=KEYS)) as client:
+async def cors(
+    make_settings: Callable[..., Settings], wms: respx.Router
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(make_settings(cors_origins=[ORIGIN], api_keys=KEYS), wms=wms) as client:
         yield client
 
 

@@ -96,6 +96,17 @@ def test_rebinding_the_other_way_round_is_refused(outcome: dict[str, Any]) -> No
     no_trap_reached(case)
 
 
+def test_an_allowed_name_that_does_not_resolve_is_an_upstream_error(
+    outcome: dict[str, Any],
+) -> None:
+    # A failed lookup is a connection that could not be made (502), not a timeout (504).
+    case = outcome["unknown"]
+    assert (case["status"], case["code"]) == (502, "upstream_error"), case
+    assert "could not be reached" in case["error"]
+    assert case["hits"]["public"] == 0
+    no_trap_reached(case)
+
+
 def test_a_redirect_to_a_name_resolving_to_loopback_is_refused(outcome: dict[str, Any]) -> None:
     case = outcome["redirect"]
     assert (case["status"], case["code"]) == (502, "redirect_not_allowed"), case

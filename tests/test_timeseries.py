@@ -115,7 +115,7 @@ async def test_twelve_dates_four_at_a_time(
     slow = SlowWMS(latency=0.5, responder=scene_response)
     wms.get(WMS_URL, name="getmap").mock(side_effect=slow)
     times = [f"2024-{month:02d}-01" for month in range(1, 13)]
-    async with _app_client(settings) as c:
+    async with _app_client(settings, wms=wms) as c:
         started = time.perf_counter()
         r = await c.post("/api/timeseries", json={**BASE, "times": times})
         elapsed = time.perf_counter() - started
@@ -197,7 +197,7 @@ async def test_too_many_dates_is_422_before_any_request(
     caps: respx.Route,
     dates: dict[str, Any],
 ) -> None:
-    async with _app_client(make_settings(max_timeseries_dates=4)) as c:
+    async with _app_client(make_settings(max_timeseries_dates=4), wms=wms) as c:
         r = await c.post("/api/timeseries", json={**BASE, **dates})
     assert r.status_code == 422, r.text
     error = r.json()
@@ -207,9 +207,9 @@ async def test_too_many_dates_is_422_before_any_request(
 
 
 async def test_the_limit_itself_is_allowed(
-    make_settings: Callable[..., Settings], upstream: SlowWMS
+    make_settings: Callable[..., Settings], upstream: SlowWMS, wms: respx.Router
 ) -> None:
-    async with _app_client(make_settings(max_timeseries_dates=4)) as c:
+    async with _app_client(make_settings(max_timeseries_dates=4), wms=wms) as c:
         body = {**BASE, "start": "2024-01-01", "end": "2024-04-01", "step": "P1M"}
         r = await c.post("/api/timeseries", json=body)
     assert r.status_code == 200, r.text

@@ -23,6 +23,7 @@ from satapi.app import create_app
 from satapi.config import Settings
 from tests.conftest import WMS_URL
 from tests.support.fake_anthropic import FakeAnthropic, Reply
+from tests.support.wms_mock import mock_transport
 
 KEY = "sk-ant-api03-VISION-TEST-SECRET-9f8e7d6c5b4a"
 BBOX = [10.0, 45.0, 14.0, 47.0]
@@ -64,9 +65,11 @@ class LandCoverWMS:
 
 
 @asynccontextmanager
-async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def app_client(
+    settings: Settings, wms: respx.Router | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
     """An in-process client for an app built from `settings`, lifespan running."""
-    app = create_app(settings)
+    app = create_app(settings, http_transport=mock_transport(wms))
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(
@@ -87,7 +90,10 @@ def upstream(wms: respx.Router) -> LandCoverWMS:
 
 @pytest.fixture
 async def ai_client(
-    make_settings: Callable[..., Settings], fake_anthropic: FakeAnthropic, upstream: LandCoverWMS
+    make_settings: Callable[..., Settings],
+    fake_anthropic: FakeAnthropic,
+    upstream: LandCoverWMS,
+    wms: respx.Router,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An app with an Anthropic key, pointed at the fake Messages API, no SDK retries."""
     settings = make_settings(
@@ -95,7 +101,7 @@ async def ai_client(
         anthropic_base_url=fake_anthropic.base_url,
         anthropic_max_retries=0,
     )
-    async with app_client(settings) as c:
+    async with app_client(settings, wms=wms) as c:
         yield c
 
 

@@ -33,8 +33,8 @@ from satapi.observability.events import (
 from satapi.observability.logs import LogObserver, setup_logging
 from satapi.observability.looplag import lag_sampler
 from satapi.observability.metrics import Metrics
-from satapi.providers.netguard import GuardedNetworkBackend, Resolver, system_resolver
-from satapi.providers.transport import ShardedTransport
+from satapi.providers.netguard import GuardedResolver, Resolver, system_resolver
+from satapi.providers.transport import AiohttpTransport
 from satapi.routers import (
     analyses,
     comparison,
@@ -85,15 +85,28 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-def make_http_client(settings: Settings, *, resolver: Resolver | None = None) -> httpx2.AsyncClient:
+def make_http_client(
+    settings: Settings,
+    *,
+    resolver: Resolver | None = None,
+    transport: httpx2.AsyncBaseTransport | None = None,
+) -> httpx2.AsyncClient:
     """The one HTTP client for WMS servers: pools sized to the cap, explicit timeouts.
 
-    Connections to hosts other than the configured providers go only to public addresses,
-    checked when connecting (`GuardedNetworkBackend`; `resolver` replaces the system's).
+    Its I/O is aiohttp's (`AiohttpTransport`). Connections to hosts other than the configured
+    providers go only to public addresses, checked when connecting (`GuardedResolver`;
+    `resolver` replaces the system's). `transport` replaces the whole transport (tests pass
+    respx's mock here); the client's settings stay the same.
     """
-    # Every origin an operator configured (a provider's endpoint, and its OAuth token endpoint).
-    trusted = [(o[1], o[2]) for p in settings.providers.values() for o in p.origins]
-    guard = GuardedNetworkBackend(trusted, resolver=resolver or system_resolver)
+    if transport is None:
+        # Every origin an operator configured (a provider's endpoint, and its OAuth token endpoint).
+        trusted = [(o[1], o[2]) for p in settings.providers.values() for o in p.origins]
+        guard = GuardedResolver(
+            trusted,
+            resolver=resolver or system_resolver,
+            lookup_timeout_s=settings.wms_connect_timeout_s,
+        )
+        transport = AiohttpTransport(max_connections=settings.max_concurrent_wms, guard=guard)
     return httpx2.AsyncClient(
         timeout=httpx2.Timeout(
             connect=settings.wms_connect_timeout_s,
@@ -101,9 +114,7 @@ def make_http_client(settings: Settings, *, resolver: Resolver | None = None) ->
             write=settings.wms_read_timeout_s,
             pool=settings.wms_total_timeout_s,
         ),
-        transport=ShardedTransport(
-            max_connections=settings.max_concurrent_wms, network_backend=guard
-        ),
+        transport=transport,
         follow_redirects=False,
         headers={"User-Agent": f"satapi/{__version__}"},
         trust_env=False,
@@ -112,11 +123,15 @@ def make_http_client(settings: Settings, *, resolver: Resolver | None = None) ->
 
 @asynccontextmanager
 async def open_resources(
-    settings: Settings, *, observer: Observer | None = None
+    settings: Settings,
+    *,
+    observer: Observer | None = None,
+    http_transport: httpx2.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[Resources]:
     """Open the shared resources, and close them however the block ends.
 
     `observer` hears of every download, shed request and analysis (metrics and logs).
+    `http_transport` replaces the WMS client's transport (`make_http_client`).
     """
     observer = observer if observer is not None else NullObserver()
     limit_malloc_arenas(settings.malloc_arenas)  # before the worker threads allocate
@@ -132,7 +147,7 @@ async def open_resources(
         settings, on_error=lambda operation: observer.observe(RedisCallFailed(operation=operation))
     )
     policy = UrlPolicy(settings.providers, settings.allowed_hosts)
-    http = make_http_client(settings)
+    http = make_http_client(settings, transport=http_transport)
     client = make_image_client(
         settings,
         http,
@@ -227,12 +242,14 @@ def create_app(
     *,
     shutdown: ShutdownState | None = None,
     watch_signals: bool = False,
+    http_transport: httpx2.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     """Build the application from `settings` (read from the environment when None).
 
     `shutdown` is what says the server is shutting down (the process's own state when None).
     With `watch_signals` (the server's factory) SIGTERM/SIGINT set it at once, see
-    `satapi.web.shutdown`.
+    `satapi.web.shutdown`. `http_transport` replaces the WMS client's transport (tests pass a
+    mock, see `make_http_client`).
     """
     settings = settings or load_settings()
     shutdown = shutdown if shutdown is not None else process_shutdown
@@ -245,7 +262,7 @@ def create_app(
             _watch_signals(shutdown, delay_s=settings.shutdown_delay_s) if watch_signals else None
         )
         async with (
-            open_resources(settings, observer=observer) as resources,
+            open_resources(settings, observer=observer, http_transport=http_transport) as resources,
             lag_sampler(lambda lag_s: observer.observe(LoopLagSampled(lag_s=lag_s))),
         ):
             app.state.resources = resources

@@ -46,6 +46,7 @@ HOSTS = [
 ADDRESSES = [f"{PUBLIC}/32", "10.0.0.5/32", "169.254.169.254/32"]
 # Names only the DNS server knows, with the A answers it gives, lookup after lookup (the last
 # one repeats).
+UNKNOWN = "nowhere.test"  # allowed, but neither /etc/hosts nor the DNS server knows it
 DNS_ANSWERS = {
     "rebind.test": [PUBLIC, "127.0.0.1"],
     "rebind-first-internal.test": ["127.0.0.1", PUBLIC],
@@ -123,7 +124,9 @@ def main(port: int) -> None:
     traps = {name: FaultUpstream(host=addr, port=port).start() for name, addr in TRAPS.items()}
     # The public server's redirect_trap mode redirects to a name that resolves to loopback.
     public.trap_url = getmap("loop.test", port)
+    # `nowhere.test` is allowed but no one knows it (the DNS server answers NXDOMAIN).
     names = sorted({name for _, name in HOSTS} - {"provider.test"} | set(DNS_ANSWERS))
+    names.append(UNKNOWN)
     settings: dict[str, object] = {
         "default_provider": "local",
         # The operator's own provider may be anywhere, loopback included.
@@ -164,6 +167,7 @@ def main(port: int) -> None:
                 ("rebind_first", "rebind.test"),
                 ("rebind_second", "rebind.test"),
                 ("rebind_first_internal", "rebind-first-internal.test"),
+                ("unknown", UNKNOWN),
             ]:
                 # Each case a distinct image (never a cache hit of the one before).
                 url = getmap(host, port, width=64 + len(results))

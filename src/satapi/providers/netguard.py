@@ -2,13 +2,15 @@
 
 `UrlPolicy` decides which origins may be fetched by looking at the URL alone. A name in
 `allowed_hosts` can still resolve to an internal address (or to a public one for the check and an
-internal one for the connection: DNS rebinding). `GuardedNetworkBackend` sits under httpcore2's
-connection pools: for every new connection to a host that is not an operator-configured
-provider, it resolves the name once, refuses when any answer is a loopback, private,
-link-local, shared, multicast, reserved or unspecified address (cloud metadata endpoints are
-link-local or private), and connects to the checked address itself, so no second lookup can
-answer differently. TLS still verifies the certificate against the host name (httpcore2 passes
-the URL's host as the server name to `start_tls`).
+internal one for the connection: DNS rebinding). `GuardedResolver` is the resolver of the WMS
+client's aiohttp connector (`satapi.providers.transport`): for every new connection to a host
+that is not an operator-configured provider, it resolves the name once, refuses when any answer
+is a loopback, private, link-local, shared, multicast, reserved or unspecified address (cloud
+metadata endpoints are link-local or private), and hands aiohttp the checked addresses, which
+aiohttp connects to without a second lookup (its DNS cache is off, so every connection asks
+again). TLS still verifies the certificate against the host name (aiohttp passes the URL's
+host as the server name). aiohttp never asks a resolver about an IP literal, so the transport
+checks those with `check_literal` before anything is sent.
 """
 
 from __future__ import annotations
@@ -17,15 +19,13 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
 
-import httpcore2
-from httpcore2 import AsyncNetworkBackend, AsyncNetworkStream
+from aiohttp import ThreadedResolver
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 # (host, port) -> addresses, in the resolver's order. A seam: tests answer with a resolver of
 # their own (the real one is `system_resolver`).
 Resolver = Callable[[str, int], Awaitable[list[str]]]
-SocketOption = Any  # httpcore2's SOCKET_OPTION union, not exported
 
 
 class AddressNotAllowed(Exception):
@@ -64,14 +64,16 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return list(seen)
 
 
-class GuardedNetworkBackend(AsyncNetworkBackend):
-    """httpcore2 network backend that checks where a connection really goes.
+class GuardedResolver(AbstractResolver):
+    """aiohttp resolver that checks where a connection really goes.
 
     `trusted` holds the (host, port) pairs of operator-configured providers: those may point
-    anywhere (a MapServer on 127.0.0.1) and are connected to as usual. Every other host is
-    resolved once with `resolver`; if any answer is not a public address the connection is
-    refused with `AddressNotAllowed` (before any byte is sent), otherwise the checked addresses
-    are tried in order.
+    anywhere (a MapServer on 127.0.0.1) and are resolved by aiohttp's usual resolver, unchecked.
+    Every other host is resolved once with `resolver`; if any answer is not a public address the
+    connection is refused with `AddressNotAllowed` (before any byte is sent), otherwise aiohttp
+    gets the checked addresses to connect to. A lookup slower than `lookup_timeout_s` (the
+    connect timeout) is a `TimeoutError` (aiohttp's connect timeout); a failed one an `OSError`
+    (aiohttp's DNS error).
     """
 
     def __init__(
@@ -79,65 +81,65 @@ class GuardedNetworkBackend(AsyncNetworkBackend):
         trusted: Iterable[tuple[str, int]],
         *,
         resolver: Resolver = system_resolver,
-        inner: AsyncNetworkBackend | None = None,
+        lookup_timeout_s: float | None = None,
     ) -> None:
-        self._trusted = frozenset((host.lower().strip("[]"), port) for host, port in trusted)
+        self._trusted = frozenset((_bare(host), port) for host, port in trusted)
         self._resolve = resolver
-        self._inner: AsyncNetworkBackend = inner if inner is not None else httpcore2.AnyIOBackend()
+        self._timeout = lookup_timeout_s
+        self._plain: ThreadedResolver | None = None
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore2's interface)
-        local_address: str | None = None,
-        socket_options: Iterable[SocketOption] | None = None,
-    ) -> AsyncNetworkStream:
-        """Connect to a checked address of `host` (or to a trusted provider as configured)."""
-        if (host.lower().strip("[]"), port) in self._trusted:
-            return await self._inner.connect_tcp(
-                host, port, timeout=timeout, local_address=local_address,
-                socket_options=socket_options,
-            )  # fmt: skip
-        addresses = await self._lookup(host, port, timeout)
+    def is_trusted(self, host: str, port: int) -> bool:
+        """True for an operator-configured provider's host and port (never checked)."""
+        return (_bare(host), port) in self._trusted
+
+    def check_literal(self, host: str, port: int) -> None:
+        """Refuse an IP-literal host (which needs no lookup) that is not a public address."""
+        if not self.is_trusted(host, port) and not is_public_address(_bare(host)):
+            raise AddressNotAllowed(host, _bare(host))
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        """The addresses aiohttp may connect to for `host` (checked unless trusted)."""
+        if self.is_trusted(host, port):
+            if self._plain is None:
+                self._plain = ThreadedResolver()
+            return await self._plain.resolve(host, port, family)
+        addresses = await self._lookup(host, port)
         for address in addresses:
             if not is_public_address(address):
                 raise AddressNotAllowed(host, address)
-        last: Exception | None = None
+        results: list[ResolveResult] = []
         for address in addresses:
-            try:
-                return await self._inner.connect_tcp(
-                    address, port, timeout=timeout, local_address=local_address,
-                    socket_options=socket_options,
+            kind = socket.AF_INET6 if ":" in address else socket.AF_INET
+            if family in (socket.AF_UNSPEC, kind):
+                results.append(
+                    ResolveResult(
+                        hostname=host, host=address, port=port, family=kind, proto=0,
+                        flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+                    )
                 )  # fmt: skip
-            except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
-                last = exc  # the next address may answer
-        assert last is not None
-        raise last
+        if not results:
+            raise OSError(f"{host!r} has no address of the family asked for.")
+        return results
 
-    async def _lookup(self, host: str, port: int, limit: float | None) -> list[str]:
-        # The lookup counts against the connect timeout, and its failures are connect errors
-        # (retried like any unreachable server).
+    async def _lookup(self, host: str, port: int) -> list[str]:
+        # The lookup counts against the connect timeout: aiohttp turns this TimeoutError into
+        # its connect timeout, and an OSError into its DNS error (a connect error).
         try:
-            async with asyncio.timeout(limit):
+            async with asyncio.timeout(self._timeout):
                 addresses = await self._resolve(host, port)
         except TimeoutError:
-            raise httpcore2.ConnectTimeout(f"Looking up {host!r} timed out.") from None
-        except OSError as exc:
-            raise httpcore2.ConnectError(f"{host!r} could not be resolved ({exc}).") from None
+            raise TimeoutError(f"Looking up {host!r} timed out.") from None
         if not addresses:
-            raise httpcore2.ConnectError(f"{host!r} resolved to no address.")
+            raise OSError(f"{host!r} resolved to no address.")
         return addresses
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore2's interface)
-        socket_options: Iterable[SocketOption] | None = None,
-    ) -> AsyncNetworkStream:
-        """Never used (no `uds` transport); refused rather than passed through unchecked."""
-        raise AddressNotAllowed(path, "a Unix socket")
+    async def close(self) -> None:
+        """Release aiohttp's resolver used for trusted hosts, if one was made."""
+        if self._plain is not None:
+            await self._plain.close()
 
-    async def sleep(self, seconds: float) -> None:
-        """Delegates to the inner backend (used between httpcore2's connect retries)."""
-        await self._inner.sleep(seconds)
+
+def _bare(host: str) -> str:
+    return host.lower().strip("[]")
