@@ -4,17 +4,20 @@
 
 The same app (`create_app`) serves `POST /api/images` for distinct 64x64 images from the
 benchmark's slow WMS upstream (`bench.upstream`, its own process), called as bare ASGI (no load
-driver, no sockets on the front), once with each transport behind the same `httpx2.AsyncClient`:
+driver, no sockets on the front), once with each transport behind the same `httpx2.AsyncClient`
+(given to `create_app(http_transport=...)`; the client's settings are the service's):
 
-``httpx2``     today's `ShardedTransport` (httpcore2 pools of 4 kept-alive connections)
-``aiohttp``    `httpx_aiohttp.httpx2.AiohttpTransport` (aiohttp's connector under httpx2's API;
-               the package's httpx 0.28 transport is the same code for the other client).
-               A measurement only: it has no connect-time SSRF guard (`providers/netguard.py`)
+``aiohttp``        satapi's transport (`satapi.providers.transport.AiohttpTransport`: aiohttp's
+                   connector under httpx2's API, the SSRF guard as its resolver)
+``httpx2``         the transport satapi used before (`bench.sharded.ShardedTransport`: httpcore2
+                   pools of 4 kept-alive connections)
+``httpx-aiohttp``  the `httpx-aiohttp` package's httpx2 transport, which satapi's follows
+                   (only with ``--all``; no SSRF guard, connection errors reported as timeouts)
 
 Each figure is this process's CPU (`time.process_time`, all threads) per download; the
 variants alternate round by round, and every round is printed with the best and the median
-(on a shared machine single rounds vary by 10-20 %). Needs `httpx-aiohttp` (in the `bench`
-extra); the service itself does not use it.
+(on a shared machine single rounds vary by 10-20 %). ``--all`` needs `httpx-aiohttp` (in the
+`bench` extra).
 """
 
 from __future__ import annotations
@@ -33,48 +36,34 @@ from pathlib import Path
 import httpx2
 from asgi_lifespan import LifespanManager
 
-import satapi.app
 from bench.hitcost import _caller
 from bench.procs import ServerProcess, free_port
+from bench.sharded import ShardedTransport
 from bench.upstream import upstream_command
-from satapi import __version__
 from satapi.app import create_app
 from satapi.config import Settings
 from satapi.observability.logs import setup_logging
 
-Factory = Callable[[Settings], httpx2.AsyncClient]
+# The transport for an app with these settings; None: the service's own.
+Factory = Callable[[Settings], httpx2.AsyncBaseTransport | None]
 
 
-def _timeout(settings: Settings) -> httpx2.Timeout:
-    return httpx2.Timeout(
-        connect=settings.wms_connect_timeout_s,
-        read=settings.wms_read_timeout_s,
-        write=settings.wms_read_timeout_s,
-        pool=settings.wms_total_timeout_s,
-    )
-
-
-def aiohttp_client(settings: Settings) -> httpx2.AsyncClient:
-    """satapi's WMS client with aiohttp doing the I/O."""
+def package_transport(settings: Settings) -> httpx2.AsyncBaseTransport:
+    """The `httpx-aiohttp` package's httpx2 transport, sized like the service's."""
     from httpx_aiohttp.httpx2 import AiohttpTransport
 
     cap = settings.max_concurrent_wms
-    return httpx2.AsyncClient(
-        timeout=_timeout(settings),
-        transport=AiohttpTransport(
-            limits=httpx2.Limits(max_connections=cap, max_keepalive_connections=cap),
-            trust_env=False,
-        ),
-        follow_redirects=False,
-        headers={"User-Agent": f"satapi/{__version__}"},
+    return AiohttpTransport(
+        limits=httpx2.Limits(max_connections=cap, max_keepalive_connections=cap),
         trust_env=False,
     )
 
 
 VARIANTS: dict[str, Factory] = {
-    "httpx2": satapi.app.make_http_client,
-    "aiohttp": aiohttp_client,
+    "aiohttp": lambda settings: None,
+    "httpx2": lambda settings: ShardedTransport(max_connections=settings.max_concurrent_wms),
 }
+EXTRA: dict[str, Factory] = {"httpx-aiohttp": package_transport}
 
 
 async def _round(factory: Factory, wms: str, n: int, concurrency: int, seed: int) -> float:
@@ -93,8 +82,7 @@ async def _round(factory: Factory, wms: str, n: int, concurrency: int, seed: int
         max_concurrent_wms=200,
         max_waiting=100_000,
     )
-    satapi.app.make_http_client = factory  # the factory open_resources calls
-    app = create_app(settings)
+    app = create_app(settings, http_transport=factory(settings))
     gate = asyncio.Semaphore(concurrency)
     async with LifespanManager(app) as manager:
         call = _caller(manager.app)
@@ -123,7 +111,9 @@ async def _round(factory: Factory, wms: str, n: int, concurrency: int, seed: int
     return cpu / n * 1000
 
 
-async def measure(n: int, concurrency: int, latency: float, rounds: int) -> dict[str, list[float]]:
+async def measure(
+    n: int, concurrency: int, latency: float, rounds: int, variants: dict[str, Factory]
+) -> dict[str, list[float]]:
     """CPU ms per download of every round, per variant (the variants alternate)."""
     port = free_port()
     upstream = ServerProcess(
@@ -131,15 +121,15 @@ async def measure(n: int, concurrency: int, latency: float, rounds: int) -> dict
         upstream_command(port, latency),
         f"http://127.0.0.1:{port}/healthz",
     ).start()
-    original = satapi.app.make_http_client
-    costs: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    costs: dict[str, list[float]] = {name: [] for name in variants}
     try:
         for r in range(rounds):
-            for name, factory in VARIANTS.items():
+            # Alternate which variant goes first, so neither always runs on a warmer process.
+            order = list(variants.items())
+            for name, factory in order if r % 2 == 0 else order[::-1]:
                 cost = await _round(factory, f"http://127.0.0.1:{port}/wms", n, concurrency, r)
                 costs[name].append(cost)
     finally:
-        satapi.app.make_http_client = original
         upstream.stop(grace=5.0)
     return costs
 
@@ -151,20 +141,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--latency", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--all", action="store_true", help="also measure the httpx-aiohttp package's transport"
+    )
     args = parser.parse_args(argv)
+    variants = {**VARIANTS, **(EXTRA if args.all else {})}
     setup_logging("text", "info", [])  # as `satapi serve` logs: a line per download, to nowhere
     handler = logging.getLogger().handlers[0]
     assert isinstance(handler, logging.StreamHandler)
     with open(os.devnull, "w") as void:
         handler.setStream(void)
-        costs = asyncio.run(measure(args.n, args.concurrency, args.latency, args.rounds))
+        costs = asyncio.run(measure(args.n, args.concurrency, args.latency, args.rounds, variants))
     print(
         f"server CPU ms per download, {args.rounds} rounds x {args.n} at C={args.concurrency} "
         "(best / median; every round):"
     )
     for name, values in costs.items():
         print(
-            f"  {name:8s} {min(values):.2f} / {statistics.median(values):.2f}  "
+            f"  {name:13s} {min(values):.2f} / {statistics.median(values):.2f}  "
             + " ".join(f"{v:.2f}" for v in values)
         )
     return 0
