@@ -71,10 +71,16 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 
 @pytest.fixture
-async def client(settings: Settings, wms: respx.Router) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client talking to an app built from `settings`, with its lifespan running; its
-    WMS client's requests are answered by the `wms` router."""
-    app = create_app(settings, http_transport=mock_transport(wms))
+async def client(
+    settings: Settings, request: pytest.FixtureRequest
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to an app built from `settings`, with its lifespan running.
+
+    When the test uses the `wms` router (itself or through a fixture), the app's WMS requests
+    are answered by it; otherwise they go out for real (e.g. to a MapServer on 127.0.0.1).
+    """
+    router = request.getfixturevalue("wms") if "wms" in request.fixturenames else None
+    app = create_app(settings, http_transport=mock_transport(router))
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(
