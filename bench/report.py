@@ -544,7 +544,7 @@ def render(run: dict[str, Any], chart_name: str | None) -> str:
         ".venv/bin/python -m bench --only 2 --py-spy   # py-spy profiles into bench/out/",
         ".venv/bin/python -m bench.hitcost   # in-process CPU of /healthz and a cache hit",
         ".venv/bin/python -m bench.analyzercost   # in-process CPU of the local analyzer's steps",
-        ".venv/bin/python -m bench.clientab   # A/B of the WMS transport (needs httpx-aiohttp)",
+        ".venv/bin/python -m bench.clientab   # A/B of the WMS transport (--all: + httpx-aiohttp)",
         "```",
         "",
     ]
