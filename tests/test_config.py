@@ -25,6 +25,7 @@ from satapi.app import create_app
 from satapi.config import Settings, SettingsError, load_settings
 from tests.conftest import WMS_URL, png_bytes
 from tests.support.fault_upstream import FaultUpstream, SatapiProcess
+from tests.support.wms_mock import mock_transport
 
 BLANKS = ["", "   ", "\t\n"]
 BODY = {"bbox": [10, 45, 14, 47], "width": 64, "height": 32}
@@ -113,7 +114,7 @@ async def test_the_app_with_a_blank_key_analyses_locally_and_says_why(
 ) -> None:
     wms.get(WMS_URL).respond(200, content=png_bytes(64, 32), headers={"Content-Type": "image/png"})
     caplog.set_level(logging.INFO, logger="satapi")
-    app = create_app(make_settings(anthropic_api_key=blank))
+    app = create_app(make_settings(anthropic_api_key=blank), http_transport=mock_transport(wms))
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(

@@ -25,6 +25,7 @@ import uvicorn
 from satapi.app import create_app
 from satapi.config import Settings
 from tests.conftest import png_bytes
+from tests.support.wms_mock import mock_transport
 from tests.test_images_api import SERVICE_EXCEPTION
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,9 +70,8 @@ def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with respx.mock(assert_all_called=False) as router:
         # Every host answers like a WMS (the built-in providers too): nothing leaves the machine.
         router.route().mock(side_effect=_wms)
-        config = uvicorn.Config(
-            create_app(app_settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on"
-        )
+        app = create_app(app_settings, http_transport=mock_transport(router))
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
         server = _Server(config)
         thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
         thread.start()
