@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -243,13 +244,15 @@ def create_app(
     shutdown: ShutdownState | None = None,
     watch_signals: bool = False,
     http_transport: httpx2.AsyncBaseTransport | None = None,
+    freeze_gc: bool = False,
 ) -> FastAPI:
     """Build the application from `settings` (read from the environment when None).
 
     `shutdown` is what says the server is shutting down (the process's own state when None).
     With `watch_signals` (the server's factory) SIGTERM/SIGINT set it at once, see
     `satapi.web.shutdown`. `http_transport` replaces the WMS client's transport (tests pass a
-    mock, see `make_http_client`).
+    mock, see `make_http_client`). With `freeze_gc` (the server's factory) the objects start-up
+    made are moved out of the cyclic collector's reach once the app is ready (`gc.freeze()`).
     """
     settings = settings or load_settings()
     shutdown = shutdown if shutdown is not None else process_shutdown
@@ -275,6 +278,13 @@ def create_app(
                 settings.default_provider,
                 settings.store_url or settings.data_dir,
             )
+            if freeze_gc:
+                # Start-up leaves ~90,000 objects that live as long as the process (modules,
+                # pydantic models, the clients). Every full collection walked them all with the
+                # loop stopped (~45 ms on the bench VM, the /healthz outliers); frozen, they are
+                # no longer walked. Not in tests: each test's app would stay frozen for good.
+                gc.collect()
+                gc.freeze()
             try:
                 yield
             finally:
@@ -371,4 +381,4 @@ def app_from_env() -> FastAPI:
     """The uvicorn factory used by `satapi serve`: settings from the environment, logging set up."""
     settings = load_settings()
     setup_logging(settings.log_format, settings.log_level, settings.secrets)
-    return create_app(settings, watch_signals=True)
+    return create_app(settings, watch_signals=True, freeze_gc=True)
