@@ -9,6 +9,8 @@
   uvicorn's plain-text 500; a cut-off event stream ends with an `error` event.
 * `/readyz` answers 503 from the moment SIGTERM arrives (with `shutdown_delay_s` the server
   keeps serving everything else meanwhile).
+* With `--workers 2` the supervisor passes SIGTERM on: in-flight requests finish (200), cut-off
+  ones get the envelope, and the supervisor exits 0.
 """
 
 from __future__ import annotations
@@ -216,6 +218,75 @@ async def test_readyz_is_503_from_the_moment_sigterm_arrives(
                 r = await fresh.post("/api/images", json=body("ok"))
                 assert r.status_code == 200, r.text
         assert await asyncio.to_thread(server.wait, 1.5 + EXIT_SLACK_S) == 0
+        assert_no_asgi_traceback(server)
+    finally:
+        server.stop()
+
+
+# --- with --workers N -------------------------------------------------------------------------
+
+
+def start_workers(workdir: Path, upstream: FaultUpstream, grace: float) -> SatapiProcess:
+    settings = {
+        "default_provider": "fault",
+        # Without Redis each worker gets half of every cap: room for all the test's requests.
+        "providers": {
+            "fault": {"url": upstream.wms_url, "default_layer": "ok", "max_concurrency": 16}
+        },
+        "wms_read_timeout_s": 30.0,
+        "wms_total_timeout_s": 60.0,
+    }
+    return SatapiProcess(workdir, settings, graceful_timeout=grace, args=["--workers", "2"]).start()
+
+
+async def test_workers_finish_their_requests_on_sigterm_and_exit_0(
+    upstream: FaultUpstream, tmp_path: Path
+) -> None:
+    grace = 10.0
+    upstream.reset()
+    server = start_workers(tmp_path, upstream, grace)
+    try:
+        # Separate connections, so the kernel spreads them over both workers.
+        clients = [httpx.AsyncClient(base_url=server.url, timeout=30) for _ in range(6)]
+        requests = [
+            asyncio.create_task(c.post("/api/images", json={**body("ok:1.5"), "width": 64 + n}))
+            for n, c in enumerate(clients)
+        ]
+        assert await upstream.wait_for_async(lambda: upstream.in_flight("ok") == 6)
+        assert server.log().count(" ready: ") == 2  # both workers are up
+        server.terminate()
+        answers = await asyncio.gather(*requests)
+        for c in clients:
+            await c.aclose()
+        assert [r.status_code for r in answers] == [200] * 6, [r.text for r in answers]
+        assert await asyncio.to_thread(server.wait, grace + EXIT_SLACK_S) == 0, server.log()[-3000:]
+        assert server.temp_files() == []
+        assert_no_asgi_traceback(server)
+    finally:
+        server.stop()
+
+
+async def test_workers_answer_cut_off_requests_with_the_envelope(
+    upstream: FaultUpstream, tmp_path: Path
+) -> None:
+    grace = 1.0
+    upstream.reset()
+    server = start_workers(tmp_path, upstream, grace)
+    try:
+        clients = [httpx.AsyncClient(base_url=server.url, timeout=30) for _ in range(4)]
+        requests = [
+            asyncio.create_task(c.post("/api/images", json={**body("hang"), "width": 64 + n}))
+            for n, c in enumerate(clients)
+        ]
+        assert await upstream.wait_for_async(lambda: upstream.in_flight("hang") == 4)
+        server.terminate()
+        answers = await asyncio.gather(*requests)
+        for c in clients:
+            await c.aclose()
+        assert [r.status_code for r in answers] == [503] * 4, [r.text for r in answers]
+        assert {r.json()["code"] for r in answers} == {"shutting_down"}
+        assert await asyncio.to_thread(server.wait, grace + EXIT_SLACK_S) == 0, server.log()[-3000:]
+        assert server.temp_files() == []
         assert_no_asgi_traceback(server)
     finally:
         server.stop()
