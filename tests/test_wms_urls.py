@@ -123,3 +123,19 @@ def test_allowed_hosts_never_admit_internal_addresses() -> None:
     assert not policy.is_allowed("https://127.0.0.1/x")
     assert policy.is_allowed("https://allowed.example/x")
     assert not policy.is_allowed("http://allowed.example/x")  # scheme must match too
+
+
+def test_an_allowed_host_on_another_scheme_or_port_says_what_is_allowed() -> None:
+    # A bare entry means https on 443; the message names that, so the slip is easy to see.
+    policy = UrlPolicy({}, ["allowed.example", "http://allowed.example:8080", "127.0.0.1"])
+    with pytest.raises(UrlNotAllowed) as refused:
+        policy.check("http://allowed.example/wms")
+    assert str(refused.value) == (
+        "The host 'allowed.example' is allowed only as http://allowed.example:8080, "
+        "https://allowed.example:443, not as http://allowed.example:80."
+    )
+    # Internal addresses are never admitted, and the message does not hint otherwise.
+    with pytest.raises(UrlNotAllowed, match="not a configured provider or an allowed host"):
+        policy.check("http://127.0.0.1/wms")
+    with pytest.raises(UrlNotAllowed, match="not a configured provider or an allowed host"):
+        policy.check("https://other.example/wms")

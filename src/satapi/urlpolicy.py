@@ -73,6 +73,14 @@ class UrlPolicy:
             return UrlMatch(source=name, provider=provider)
         if origin in self._hosts and not _is_internal(origin[1]):
             return UrlMatch(source=f"{origin[0]}://{origin[1]}:{origin[2]}", provider=None)
+        same_host = sorted(f"{o[0]}://{o[1]}:{o[2]}" for o in self._hosts if o[1] == origin[1])
+        if same_host and not _is_internal(origin[1]):
+            # An allowed host on another scheme or port: the usual slip is a bare entry (https,
+            # 443) for a plain-http server. Say what is allowed (these are public origins).
+            raise UrlNotAllowed(
+                f"The host {origin[1]!r} is allowed only as {', '.join(same_host)}, not as "
+                f"{origin[0]}://{origin[1]}:{origin[2]}."
+            )
         raise UrlNotAllowed(
             f"The host {origin[1]!r} (port {origin[2]}) is not a configured provider or an "
             "allowed host."
