@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -35,15 +36,21 @@ def upstream() -> Iterator[FaultUpstream]:
         yield server
 
 
-def start_server(workdir: Path, upstream: FaultUpstream, grace: float) -> SatapiProcess:
+def start_server(
+    workdir: Path, upstream: FaultUpstream, grace: float, *, workers: int = 1
+) -> SatapiProcess:
     settings = {
         "default_provider": "fault",
-        "providers": {"fault": {"url": upstream.wms_url, "default_layer": "ok"}},
+        # Without Redis each of N workers gets 1/N of every cap: room for all the test's requests.
+        "providers": {
+            "fault": {"url": upstream.wms_url, "default_layer": "ok", "max_concurrency": 16}
+        },
         # Long WMS timeouts: only the shutdown may end these requests.
         "wms_read_timeout_s": 30.0,
         "wms_total_timeout_s": 60.0,
     }
-    return SatapiProcess(workdir, settings, graceful_timeout=grace).start()
+    args = ["--workers", str(workers)] if workers > 1 else []
+    return SatapiProcess(workdir, settings, graceful_timeout=grace, args=args).start()
 
 
 def body(layer: str) -> dict[str, object]:
@@ -226,67 +233,47 @@ async def test_readyz_is_503_from_the_moment_sigterm_arrives(
 # --- with --workers N -------------------------------------------------------------------------
 
 
-def start_workers(workdir: Path, upstream: FaultUpstream, grace: float) -> SatapiProcess:
-    settings = {
-        "default_provider": "fault",
-        # Without Redis each worker gets half of every cap: room for all the test's requests.
-        "providers": {
-            "fault": {"url": upstream.wms_url, "default_layer": "ok", "max_concurrency": 16}
-        },
-        "wms_read_timeout_s": 30.0,
-        "wms_total_timeout_s": 60.0,
-    }
-    return SatapiProcess(workdir, settings, graceful_timeout=grace, args=["--workers", "2"]).start()
+async def sigterm_two_workers(
+    upstream: FaultUpstream, tmp_path: Path, *, grace: float, mode: str, n: int
+) -> list[httpx.Response]:
+    """`satapi serve --workers 2`, `n` distinct requests on `mode` in flight (each on its own
+    connection, so the kernel spreads them over both workers), then SIGTERM: their answers."""
+    upstream.reset()
+    server = start_server(tmp_path, upstream, grace, workers=2)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [
+                await stack.enter_async_context(httpx.AsyncClient(base_url=server.url, timeout=30))
+                for _ in range(n)
+            ]
+            requests = [
+                asyncio.create_task(c.post("/api/images", json={**body(mode), "width": 64 + i}))
+                for i, c in enumerate(clients)
+            ]
+            kind = mode.split(":")[0]
+            assert await upstream.wait_for_async(lambda: upstream.in_flight(kind) == n)
+            assert server.log().count(" ready: ") == 2  # both workers are up
+            server.terminate()
+            answers = await asyncio.gather(*requests)
+        code = await asyncio.to_thread(server.wait, grace + EXIT_SLACK_S)
+        assert code == 0, server.log()[-3000:]
+        assert server.temp_files() == []
+        assert_no_asgi_traceback(server)
+        return answers
+    finally:
+        server.stop()
 
 
 async def test_workers_finish_their_requests_on_sigterm_and_exit_0(
     upstream: FaultUpstream, tmp_path: Path
 ) -> None:
-    grace = 10.0
-    upstream.reset()
-    server = start_workers(tmp_path, upstream, grace)
-    try:
-        # Separate connections, so the kernel spreads them over both workers.
-        clients = [httpx.AsyncClient(base_url=server.url, timeout=30) for _ in range(6)]
-        requests = [
-            asyncio.create_task(c.post("/api/images", json={**body("ok:1.5"), "width": 64 + n}))
-            for n, c in enumerate(clients)
-        ]
-        assert await upstream.wait_for_async(lambda: upstream.in_flight("ok") == 6)
-        assert server.log().count(" ready: ") == 2  # both workers are up
-        server.terminate()
-        answers = await asyncio.gather(*requests)
-        for c in clients:
-            await c.aclose()
-        assert [r.status_code for r in answers] == [200] * 6, [r.text for r in answers]
-        assert await asyncio.to_thread(server.wait, grace + EXIT_SLACK_S) == 0, server.log()[-3000:]
-        assert server.temp_files() == []
-        assert_no_asgi_traceback(server)
-    finally:
-        server.stop()
+    answers = await sigterm_two_workers(upstream, tmp_path, grace=10.0, mode="ok:1.5", n=6)
+    assert [r.status_code for r in answers] == [200] * 6, [r.text for r in answers]
 
 
 async def test_workers_answer_cut_off_requests_with_the_envelope(
     upstream: FaultUpstream, tmp_path: Path
 ) -> None:
-    grace = 1.0
-    upstream.reset()
-    server = start_workers(tmp_path, upstream, grace)
-    try:
-        clients = [httpx.AsyncClient(base_url=server.url, timeout=30) for _ in range(4)]
-        requests = [
-            asyncio.create_task(c.post("/api/images", json={**body("hang"), "width": 64 + n}))
-            for n, c in enumerate(clients)
-        ]
-        assert await upstream.wait_for_async(lambda: upstream.in_flight("hang") == 4)
-        server.terminate()
-        answers = await asyncio.gather(*requests)
-        for c in clients:
-            await c.aclose()
-        assert [r.status_code for r in answers] == [503] * 4, [r.text for r in answers]
-        assert {r.json()["code"] for r in answers} == {"shutting_down"}
-        assert await asyncio.to_thread(server.wait, grace + EXIT_SLACK_S) == 0, server.log()[-3000:]
-        assert server.temp_files() == []
-        assert_no_asgi_traceback(server)
-    finally:
-        server.stop()
+    answers = await sigterm_two_workers(upstream, tmp_path, grace=1.0, mode="hang", n=4)
+    assert [r.status_code for r in answers] == [503] * 4, [r.text for r in answers]
+    assert {r.json()["code"] for r in answers} == {"shutting_down"}
