@@ -82,6 +82,28 @@ def assert_store_full(r: httpx.Response) -> None:
     assert int(r.headers["retry-after"]) >= 1
 
 
+async def assert_full_yet_serving(client: httpx.AsyncClient, small: httpx.Response) -> None:
+    """While the disk is full: `/readyz` says so, and the stored image is still served."""
+    ready = await client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["store_writable"] is False
+    assert "full" in ready.json()["checks"]["store_error"]
+    again = await client.post("/api/images", json=SMALL)
+    assert again.status_code == 200 and again.json()["image"]["cached"] is True
+    got = await client.get(f"/api/images/{small.json()['image']['id']}")
+    assert got.status_code == 200
+    assert len(got.content) == small.json()["image"]["bytes"]
+
+
+async def assert_recovers(client: httpx.AsyncClient, server: SatapiProcess) -> httpx.Response:
+    """Once there is room again: ready, and the big image that was refused is stored."""
+    assert (await client.get("/readyz")).status_code == 200
+    big = await client.post("/api/images", json=BIG)
+    assert big.status_code == 200, big.text
+    assert server.temp_files() == []
+    return big
+
+
 async def test_a_full_disk_is_507_with_nothing_partial_and_recovers(
     server: SatapiProcess,
 ) -> None:
@@ -90,28 +112,15 @@ async def test_a_full_disk_is_507_with_nothing_partial_and_recovers(
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
         small = await client.post("/api/images", json=SMALL)
         assert small.status_code == 200, small.text
-        small_id = small.json()["image"]["id"]
         before = set(server.files())
         filler = fill(view, leave=200 * 1024)
 
         assert_store_full(await client.post("/api/images", json=BIG))
         assert set(server.files()) == before | {filler}  # nothing partial, no temp file
-        ready = await client.get("/readyz")
-        assert ready.status_code == 503
-        assert ready.json()["checks"]["store_writable"] is False
-        assert "full" in ready.json()["checks"]["store_error"]
-        # What is stored is still served.
-        again = await client.post("/api/images", json=SMALL)
-        assert again.status_code == 200 and again.json()["image"]["cached"] is True
-        got = await client.get(f"/api/images/{small_id}")
-        assert got.status_code == 200
-        assert len(got.content) == small.json()["image"]["bytes"]
+        await assert_full_yet_serving(client, small)
 
         filler.unlink()
-        assert (await client.get("/readyz")).status_code == 200
-        big = await client.post("/api/images", json=BIG)
-        assert big.status_code == 200, big.text
-        assert server.temp_files() == []
+        await assert_recovers(client, server)
     assert "Traceback" not in server.log(), server.log()[-3000:]
 
 
@@ -139,29 +148,16 @@ async def test_a_full_disk_under_the_s3_store_is_507_with_nothing_partial_and_re
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             small = await client.post("/api/images", json=SMALL)
             assert small.status_code == 200, small.text
-            small_id = small.json()["image"]["id"]
             keys = moto_s3.keys(bucket)
             filler = fill(server.data_view, leave=200 * 1024)
 
             assert_store_full(await client.post("/api/images", json=BIG))
             assert server.temp_files() == []  # the spool file went
             assert moto_s3.keys(bucket) == keys  # and nothing reached the bucket
-            ready = await client.get("/readyz")
-            assert ready.status_code == 503
-            assert ready.json()["checks"]["store_writable"] is False
-            assert "full" in ready.json()["checks"]["store_error"]
-            # What is stored is still served: it lives in the bucket.
-            again = await client.post("/api/images", json=SMALL)
-            assert again.status_code == 200 and again.json()["image"]["cached"] is True
-            got = await client.get(f"/api/images/{small_id}")
-            assert got.status_code == 200
-            assert len(got.content) == small.json()["image"]["bytes"]
+            await assert_full_yet_serving(client, small)  # served from the bucket
 
             filler.unlink()
-            assert (await client.get("/readyz")).status_code == 200
-            big = await client.post("/api/images", json=BIG)
-            assert big.status_code == 200, big.text
-            assert server.temp_files() == []
+            big = await assert_recovers(client, server)
             assert f"sat/images/{big.json()['image']['id']}.json" in moto_s3.keys(bucket)
     finally:
         server.stop()
