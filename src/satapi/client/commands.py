@@ -19,7 +19,8 @@ from pydantic import BaseModel
 
 from satapi.client.api import DEFAULT_URL, SatapiClient
 from satapi.client.errors import SatapiError
-from satapi.client.events import DeltaEvent, ImageEvent, SelectionEvent, StatusEvent
+from satapi.client.events import DeltaEvent, ImageEvent, R, SelectionEvent, StatusEvent
+from satapi.client.streams import AnalysisStream
 from satapi.models import TimeseriesResponse
 
 URL_ENV = "SATAPI_URL"
@@ -244,6 +245,18 @@ async def _image(
     return 0
 
 
+async def _echo(stream: AnalysisStream[R], out: TextIO) -> R:
+    """Narrate the stream's events on stderr, its text on `out` as it arrives; the result."""
+    async for event in stream:
+        _narrate(event)
+        if isinstance(event, DeltaEvent):
+            out.write(event.text)
+            out.flush()
+    result = await stream.final()
+    out.write("\n")
+    return result
+
+
 async def _analyze(
     client: SatapiClient, args: argparse.Namespace, fields: dict[str, Any], out: TextIO
 ) -> int:
@@ -253,13 +266,7 @@ async def _analyze(
         _print_json(answer, out)
         return 0
     async with client.analyze_stream(**fields) as stream:
-        async for event in stream:
-            _narrate(event)
-            if isinstance(event, DeltaEvent):
-                out.write(event.text)
-                out.flush()
-        result = await stream.final()
-    out.write("\n")
+        result = await _echo(stream, out)
     if await _save(client, result.image.id, args.output):
         print(f"saved the image to {args.output}", file=sys.stderr)
     return 0
@@ -276,13 +283,7 @@ async def _compare(
         _print_json(answer, out)
         return 0
     async with client.compare_stream(**fields) as stream:
-        async for event in stream:
-            _narrate(event)
-            if isinstance(event, DeltaEvent):
-                out.write(event.text)
-                out.flush()
-        result = await stream.final()
-    out.write("\n")
+        result = await _echo(stream, out)
     mask = result.images.get("change_mask")
     image = mask or result.images["after"]
     if await _save(client, image.id, args.output):
