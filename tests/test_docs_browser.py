@@ -11,8 +11,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,10 +18,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import httpx
 import pytest
 import uvicorn
 from PIL import Image
+
+from tests.support.fault_upstream import SatapiProcess
 
 pytestmark = pytest.mark.browser
 
@@ -117,50 +116,25 @@ def service(
 ) -> Iterator[tuple[str, Path]]:
     """`python -m satapi serve` whose only provider is the tiny WMS; yields its URL and log."""
     _, wms_url = tiny_wms
-    root = tmp_path_factory.mktemp("docs-browser")
-    config = root / "satapi.toml"
-    config.write_text(
-        f'data_dir = "{root / "data"}"\n'
-        'default_provider = "local"\n'
-        "[providers.local]\n"
-        f'url = "{wms_url}"\n'
-        'default_layer = "scene"\n'
-        'title = "Local test WMS"\n'
-        f'secret_params = {{ key = "{SECRET}" }}\n'
-        "[providers.gibs]\nenabled = false\n"
-        "[providers.eox]\nenabled = false\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SATAPI_", "ANTHROPIC_"))}
-    env.update({"SATAPI_CONFIG": str(config), "SATAPI_LOG_FORMAT": "json"})
-    port = free_port()
-    log_path = root / "service.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "satapi", "serve", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "satapi did not start:\n" + log_path.read_text()
-                time.sleep(0.1)
-            yield base, log_path
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    settings = {
+        "default_provider": "local",
+        "log_format": "json",
+        "providers": {
+            "local": {
+                "url": wms_url,
+                "default_layer": "scene",
+                "title": "Local test WMS",
+                "secret_params": {"key": SECRET},
+            },
+            "gibs": {"enabled": False},
+            "eox": {"enabled": False},
+        },
+    }
+    server = SatapiProcess(tmp_path_factory.mktemp("docs-browser"), settings).start()
+    try:
+        yield server.url, server.log_path
+    finally:
+        server.stop()
 
 
 def try_it_out(page: Any, operation_id: str, body: dict[str, Any]) -> Any:

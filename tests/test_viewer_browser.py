@@ -10,8 +10,6 @@ SATAPI_REQUIRE_BROWSER=1, or without MapServer unless SATAPI_REQUIRE_MAPSERVER=1
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tests.support.fault_upstream import SatapiProcess
 from tests.support.mapserver import MapServerWMS
 from tests.test_docs_browser import (
     ARTIFACTS,
@@ -28,7 +27,6 @@ from tests.test_docs_browser import (
     CHROMIUM_ARGS,
     REQUIRE_ENV_VAR,
     _missing,
-    free_port,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.mapserver]
@@ -54,51 +52,26 @@ def service(
     mapserver_wms: MapServerWMS, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, Path]]:
     """`python -m satapi serve` over the MapServer, keys required; yields its URL and log."""
-    root = tmp_path_factory.mktemp("viewer-browser")
-    config = root / "satapi.toml"
-    config.write_text(
-        f'data_dir = "{root / "data"}"\n'
-        'default_provider = "mapserver"\n'
-        f'api_keys = ["{KEY}"]\n'
-        "[providers.mapserver]\n"
-        f'url = "{mapserver_wms.url}"\n'
-        'default_layer = "scene"\n'
-        'title = "Local MapServer"\n'
-        "max_concurrency = 8\n"
-        "[providers.gibs]\nenabled = false\n"
-        "[providers.eox]\nenabled = false\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SATAPI_", "ANTHROPIC_"))}
-    env.update({"SATAPI_CONFIG": str(config), "SATAPI_LOG_FORMAT": "json"})
-    port = free_port()
-    log_path = root / "service.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "satapi", "serve", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "satapi did not start:\n" + log_path.read_text()
-                time.sleep(0.1)
-            yield base, log_path
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    settings = {
+        "default_provider": "mapserver",
+        "api_keys": [KEY],
+        "log_format": "json",
+        "providers": {
+            "mapserver": {
+                "url": mapserver_wms.url,
+                "default_layer": "scene",
+                "title": "Local MapServer",
+                "max_concurrency": 8,
+            },
+            "gibs": {"enabled": False},
+            "eox": {"enabled": False},
+        },
+    }
+    server = SatapiProcess(tmp_path_factory.mktemp("viewer-browser"), settings).start()
+    try:
+        yield server.url, server.log_path
+    finally:
+        server.stop()
 
 
 def _screen_point(page: Any, lon: float, lat: float) -> tuple[float, float]:
