@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -137,6 +138,31 @@ def service(
         server.stop()
 
 
+@contextmanager
+def offline_page(blocked: list[str], *, width: int, height: int) -> Iterator[Any]:
+    """A page in headless Chromium that may reach 127.0.0.1 only: every other request is
+    aborted and its URL appended to `blocked`."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    def only_local(route: Any) -> None:
+        if urlsplit(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": width, "height": height})
+            context.route("**/*", only_local)
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
 def try_it_out(page: Any, operation_id: str, body: dict[str, Any]) -> Any:
     """Open an operation, enter `body`, execute it; returns the operation's block."""
     from playwright.sync_api import expect
@@ -154,51 +180,34 @@ def try_it_out(page: Any, operation_id: str, body: dict[str, Any]) -> Any:
 
 
 def test_docs_try_it_out_offline(service: tuple[str, Path], tiny_wms: tuple[TinyWMS, str]) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     base, log_path = service
     wms, _ = tiny_wms
     blocked: list[str] = []
-    ARTIFACTS.mkdir(exist_ok=True)
 
-    def only_local(route: Any) -> None:
-        if urlsplit(route.request.url).hostname == "127.0.0.1":
-            route.continue_()
-        else:
-            blocked.append(route.request.url)
-            route.abort()
+    with offline_page(blocked, width=1280, height=1400) as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{base}/docs", wait_until="networkidle")
+        expect(page.locator(".information-container .title")).to_contain_text("satapi")
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 1400})
-            context.route("**/*", only_local)
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{base}/docs", wait_until="networkidle")
-            expect(page.locator(".information-container .title")).to_contain_text("satapi")
+        image = {"bbox": BBOX, "width": 96, "height": 64, "format": "image/png"}
+        block = try_it_out(page, "fetch_image_api_images_post", image)
+        expect(
+            block.locator(".live-responses-table tbody .response-col_description")
+        ).to_contain_text('"success": true')
+        analysis = {**image, "analyzer": "local"}
+        block = try_it_out(page, "analyze_satellite_api_vision_analyze_satellite_post", analysis)
+        expect(
+            block.locator(".live-responses-table tbody .response-col_description")
+        ).to_contain_text("vegetation_fraction")
+        block.scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "docs.png"))
 
-            image = {"bbox": BBOX, "width": 96, "height": 64, "format": "image/png"}
-            block = try_it_out(page, "fetch_image_api_images_post", image)
-            expect(
-                block.locator(".live-responses-table tbody .response-col_description")
-            ).to_contain_text('"success": true')
-            analysis = {**image, "analyzer": "local"}
-            block = try_it_out(
-                page, "analyze_satellite_api_vision_analyze_satellite_post", analysis
-            )
-            expect(
-                block.locator(".live-responses-table tbody .response-col_description")
-            ).to_contain_text("vegetation_fraction")
-            block.scroll_into_view_if_needed()
-            page.screenshot(path=str(ARTIFACTS / "docs.png"))
-
-            page.goto(f"{base}/redoc", wait_until="networkidle")
-            expect(page.locator("h1").first).to_contain_text("satapi")
-            assert not errors, errors
-        finally:
-            browser.close()
+        page.goto(f"{base}/redoc", wait_until="networkidle")
+        expect(page.locator("h1").first).to_contain_text("satapi")
+        assert not errors, errors
 
     assert blocked == [], f"the explorer tried to reach the network: {blocked}"
     assert len(wms.requests) == 1  # the analysis reused the stored image

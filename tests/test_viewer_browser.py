@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -23,10 +22,9 @@ from tests.support.fault_upstream import SatapiProcess
 from tests.support.mapserver import MapServerWMS
 from tests.test_docs_browser import (
     ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     REQUIRE_ENV_VAR,
     _missing,
+    offline_page,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.mapserver]
@@ -93,121 +91,106 @@ def _wait_for(page: Any, expression: str, timeout_s: float = 20.0) -> None:
 
 
 def test_map_page_end_to_end(service: tuple[str, Path]) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     base, log_path = service
     blocked: list[str] = []
-    ARTIFACTS.mkdir(exist_ok=True)
 
-    def only_local(route: Any) -> None:
-        if urlsplit(route.request.url).hostname == "127.0.0.1":
-            route.continue_()
-        else:
-            blocked.append(route.request.url)
-            route.abort()
+    with offline_page(blocked, width=1400, height=1000) as page:
+        problems: list[str] = []
+        tile_statuses: list[int] = []
+        page.on(
+            "response",
+            lambda r: tile_statuses.append(r.status) if "/api/tiles/" in r.url else None,
+        )
+        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+        page.on(
+            "console",
+            lambda m: (
+                problems.append(f"console {m.type}: {m.text}")
+                if m.type == "error" and "401" not in m.text
+                else None
+            ),
+        )
+        page.goto(f"{base}/", wait_until="domcontentloaded")
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            context.route("**/*", only_local)
-            page = context.new_page()
-            problems: list[str] = []
-            tile_statuses: list[int] = []
-            page.on(
-                "response",
-                lambda r: tile_statuses.append(r.status) if "/api/tiles/" in r.url else None,
-            )
-            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-            page.on(
-                "console",
-                lambda m: (
-                    problems.append(f"console {m.type}: {m.text}")
-                    if m.type == "error" and "401" not in m.text
-                    else None
-                ),
-            )
-            page.goto(f"{base}/", wait_until="domcontentloaded")
+        # /api answers 401: the page asks for a key, then fills the pickers
+        expect(page.locator("#key-form")).to_be_visible(timeout=15_000)
+        page.fill("#api-key", KEY)
+        page.click("#key-form button")
+        expect(page.locator("#key-form")).to_be_hidden()
+        expect(page.locator("#provider")).to_have_value("mapserver", timeout=15_000)
+        expect(page.locator("#layer")).to_have_value("scene", timeout=15_000)
+        assert page.locator("#time option").all_text_contents() == [
+            "2024-06-01",
+            "2024-01-01",
+        ]
 
-            # /api answers 401: the page asks for a key, then fills the pickers
-            expect(page.locator("#key-form")).to_be_visible(timeout=15_000)
-            page.fill("#api-key", KEY)
-            page.click("#key-form button")
-            expect(page.locator("#key-form")).to_be_hidden()
-            expect(page.locator("#provider")).to_have_value("mapserver", timeout=15_000)
-            expect(page.locator("#layer")).to_have_value("scene", timeout=15_000)
-            assert page.locator("#time option").all_text_contents() == [
-                "2024-06-01",
-                "2024-01-01",
-            ]
+        # tiles come from satapi's XYZ endpoint and show the scene
+        tiles = page.locator("img.satapi-tile")
+        expect(tiles.first).to_be_visible(timeout=20_000)
+        _wait_for(
+            page,
+            "[...document.querySelectorAll('img.satapi-tile')]"
+            ".filter(i => i.complete && i.naturalWidth === 256).length >= 2",
+        )
 
-            # tiles come from satapi's XYZ endpoint and show the scene
-            tiles = page.locator("img.satapi-tile")
-            expect(tiles.first).to_be_visible(timeout=20_000)
-            _wait_for(
-                page,
-                "[...document.querySelectorAll('img.satapi-tile')]"
-                ".filter(i => i.complete && i.naturalWidth === 256).length >= 2",
-            )
+        # draw the area with the mouse
+        page.click("#draw")
+        x0, y0 = _screen_point(page, *DRAW_FROM)
+        x1, y1 = _screen_point(page, *DRAW_TO)
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=5)
+        page.mouse.move(x1, y1, steps=5)
+        page.mouse.up()
+        drawn = [float(page.input_value(f"#{n}")) for n in ("west", "south", "east", "north")]
+        expected = [DRAW_FROM[0], DRAW_TO[1], DRAW_TO[0], DRAW_FROM[1]]
+        assert drawn == pytest.approx(expected, abs=0.05)
 
-            # draw the area with the mouse
-            page.click("#draw")
-            x0, y0 = _screen_point(page, *DRAW_FROM)
-            x1, y1 = _screen_point(page, *DRAW_TO)
-            page.mouse.move(x0, y0)
-            page.mouse.down()
-            page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=5)
-            page.mouse.move(x1, y1, steps=5)
-            page.mouse.up()
-            drawn = [float(page.input_value(f"#{n}")) for n in ("west", "south", "east", "north")]
-            expected = [DRAW_FROM[0], DRAW_TO[1], DRAW_TO[0], DRAW_FROM[1]]
-            assert drawn == pytest.approx(expected, abs=0.05)
+        # analyse: the text arrives piece by piece (one DOM change per delta)
+        page.select_option("#analyzer", "local")
+        page.evaluate(
+            """() => {
+                window.textChanges = 0;
+                new MutationObserver(() => window.textChanges++).observe(
+                    document.getElementById('text'),
+                    {childList: true, characterData: true, subtree: true});
+            }"""
+        )
+        page.click("#analyze")
+        expect(page.locator("#status")).to_contain_text("Analysed by local", timeout=30_000)
+        text = page.locator("#text").text_content() or ""
+        assert text.startswith("Heuristic pixel analysis (not AI)")
+        assert "bare soil" in text
+        assert page.evaluate("window.textChanges") >= 3  # cleared, then several deltas
+        overlay = page.locator("img.satapi-overlay")
+        expect(overlay).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "viewer-analysis.png"))
 
-            # analyse: the text arrives piece by piece (one DOM change per delta)
-            page.select_option("#analyzer", "local")
-            page.evaluate(
-                """() => {
-                    window.textChanges = 0;
-                    new MutationObserver(() => window.textChanges++).observe(
-                        document.getElementById('text'),
-                        {childList: true, characterData: true, subtree: true});
-                }"""
-            )
-            page.click("#analyze")
-            expect(page.locator("#status")).to_contain_text("Analysed by local", timeout=30_000)
-            text = page.locator("#text").text_content() or ""
-            assert text.startswith("Heuristic pixel analysis (not AI)")
-            assert "bare soil" in text
-            assert page.evaluate("window.textChanges") >= 3  # cleared, then several deltas
-            overlay = page.locator("img.satapi-overlay")
-            expect(overlay).to_be_visible()
-            page.screenshot(path=str(ARTIFACTS / "viewer-analysis.png"))
+        # compare the two dates: the change mask lies over the map, with its legend
+        page.click("#compare")
+        expect(page.locator("#status")).to_contain_text("Compared 2024-01-01", timeout=30_000)
+        expect(page.locator("#legend")).to_be_visible()
+        expect(page.locator("#legend")).to_contain_text("changed")
+        assert "changed class" in (page.locator("#text").text_content() or "")
+        mask_id = overlay.get_attribute("data-image-id")
+        mask = httpx.get(f"{base}/api/images/{mask_id}/meta", headers={"X-API-Key": KEY})
+        assert mask.json()["kind"] == "derived"  # the change mask, not a WMS image
 
-            # compare the two dates: the change mask lies over the map, with its legend
-            page.click("#compare")
-            expect(page.locator("#status")).to_contain_text("Compared 2024-01-01", timeout=30_000)
-            expect(page.locator("#legend")).to_be_visible()
-            expect(page.locator("#legend")).to_contain_text("changed")
-            assert "changed class" in (page.locator("#text").text_content() or "")
-            mask_id = overlay.get_attribute("data-image-id")
-            mask = httpx.get(f"{base}/api/images/{mask_id}/meta", headers={"X-API-Key": KEY})
-            assert mask.json()["kind"] == "derived"  # the change mask, not a WMS image
+        # time series: a chart with a line per class
+        page.click("#series")
+        expect(page.locator("#status")).to_contain_text("2 dates", timeout=30_000)
+        assert page.locator("#chart svg polyline").count() >= 2
+        page.screenshot(path=str(ARTIFACTS / "viewer.png"))
+        assert not problems, problems  # no script error, no CSP violation, no failed load
 
-            # time series: a chart with a line per class
-            page.click("#series")
-            expect(page.locator("#status")).to_contain_text("2 dates", timeout=30_000)
-            assert page.locator("#chart svg polyline").count() >= 2
-            page.screenshot(path=str(ARTIFACTS / "viewer.png"))
-            assert not problems, problems  # no script error, no CSP violation, no failed load
-
-            # errors show the envelope's sentence
-            page.fill("#west", "12")
-            page.fill("#east", "11")
-            page.click("#fetch")
-            expect(page.locator("#error")).to_contain_text("minx < maxx", timeout=15_000)
-            expect(page.locator("#error")).to_contain_text("invalid_bbox")
-        finally:
-            browser.close()
+        # errors show the envelope's sentence
+        page.fill("#west", "12")
+        page.fill("#east", "11")
+        page.click("#fetch")
+        expect(page.locator("#error")).to_contain_text("minx < maxx", timeout=15_000)
+        expect(page.locator("#error")).to_contain_text("invalid_bbox")
 
     assert blocked == [], f"the page tried to reach the network: {blocked}"
     assert len(tile_statuses) >= 4 and set(tile_statuses) == {200}
