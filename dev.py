@@ -3,6 +3,8 @@
 
 Creates `.venv` beside this file on first use, installs the package (with its test tools) into it,
 re-installs when pyproject.toml changes, then runs the command inside it. Needs only Python 3.11+.
+`python3 dev.py mapserver` starts a local MapServer WMS with a synthetic scene (Debian packages in
+.ci/apt-packages.txt) and writes the satapi settings that use it to `satapi.local.toml`.
 """
 
 from __future__ import annotations
@@ -66,7 +68,15 @@ def bench(args: list[str]) -> int:
     return _run([PY, "-m", "bench", *args])
 
 
-COMMANDS = {"serve": serve, "test": test, "bench": bench}
+def mapserver(args: list[str]) -> int:
+    """Run the local MapServer WMS (`scripts/mapserver_dev.py`) until Ctrl-C."""
+    _ensure_env("")
+    script = ROOT / "scripts" / "mapserver_dev.py"
+    os.execv(PY, [str(PY), str(script), *args])
+    return 0  # not reached
+
+
+COMMANDS = {"serve": serve, "test": test, "bench": bench, "mapserver": mapserver}
 
 if __name__ == "__main__":
     if sys.version_info < (3, 11):  # noqa: UP036 - this file runs before any environment exists

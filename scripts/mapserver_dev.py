@@ -1,9 +1,10 @@
-"""Run the test suite's MapServer WMS in the foreground, for manual testing.
+"""Run the test suite's MapServer WMS in the foreground, for trying satapi offline.
 
-    python scripts/mapserver_dev.py [--port 8081] [--dir /tmp/wms] [--procs 4]
+    python3 dev.py mapserver [--port 8081] [--dir /tmp/wms] [--procs 4] [--config FILE]
 
-Prints the WMS URL, sample requests and a satapi settings TOML snippet; Ctrl-C stops it.
-Needs the Debian packages in .ci/apt-packages.txt.
+Writes the satapi settings that use it to FILE (default `satapi.local.toml` beside dev.py) and
+prints where; start satapi with `SATAPI_CONFIG=satapi.local.toml python3 dev.py serve`.
+Ctrl-C stops it. Needs the Debian packages in .ci/apt-packages.txt.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from tests.support.mapserver import (
     CLOUDY_LAYER,
@@ -31,6 +33,24 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def write_local_config(path: Path, wms: MapServerWMS) -> Path:
+    """Write the satapi settings that use ``wms`` (its provider as the default) to ``path``."""
+    header = (
+        "# satapi settings for the local MapServer started by `python3 dev.py mapserver`;\n"
+        "# valid while it runs (its port changes on every start).\n"
+    )
+    path.write_text(header + providers_toml(wms))
+    return path.resolve()
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
@@ -38,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         "--dir", type=Path, default=None, help="keep data, configs and logs here (default: temp)"
     )
     parser.add_argument("--procs", type=int, default=4, help="mapserv FastCGI processes")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=ROOT / "satapi.local.toml",
+        help="write the satapi settings here (default: satapi.local.toml beside dev.py)",
+    )
     args = parser.parse_args(argv)
 
     missing = mapserver_available()
@@ -49,24 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     wms = MapServerWMS(args.dir, port=args.port, procs=args.procs)
     try:
         with wms:
+            config = write_local_config(args.config, wms)
             b = wms.bbox
             print(f"MapServer WMS running at {wms.url}  (started in {wms.startup_seconds:.2f} s)")
-            print(f"files and logs: {wms.tmpdir}")
-            print(f"layers: {wms.layer} (TIME {','.join(wms.times)}), {wms.static_layer}")
+            print(f"layers: {wms.layer} (TIME {','.join(wms.times)}), {wms.static_layer},")
             print(f"        {CLOUDY_LAYER} (clouds of known extent; TIME {','.join(CLOUDY_TIMES)})")
-            print(f"bbox lon/lat: {b}")
-            print()
-            print("GetCapabilities:")
-            print(f"  {wms.url}?SERVICE=WMS&REQUEST=GetCapabilities&VERSION=1.3.0")
-            print("GetMap (1.3.0, EPSG:4326 is lat/lon):")
-            print(
-                f"  {wms.url}?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetMap&LAYERS={wms.layer}"
-                f"&STYLES=&CRS=EPSG:4326&BBOX={b[1]},{b[0]},{b[3]},{b[2]}"
-                f"&WIDTH=400&HEIGHT=200&FORMAT=image/png&TIME={wms.times[0]}"
-            )
-            print()
-            print("satapi settings (SATAPI_CONFIG=file.toml):")
-            print(providers_toml(wms))
+            print(f"area (lon/lat): {list(b)}; files and logs: {wms.tmpdir}")
+            print(f"satapi settings written to {config}")
+            print(f"start satapi with: SATAPI_CONFIG={_shown(config)} python3 dev.py serve")
             print("Ctrl-C to stop.", flush=True)
             while wms.running:
                 time.sleep(0.5)
