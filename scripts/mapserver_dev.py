@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.mapserver import (
     CLOUDY_LAYER,
@@ -27,6 +26,8 @@ from tests.support.mapserver import (
     mapserver_available,
     providers_toml,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
