@@ -265,17 +265,22 @@ def _run_curl(cmd: Command, name: str, server: SatapiProcess, cwd: Path) -> None
     _check_expectations(name, int(status), body, cmd.expect)
 
 
-def _run_cli(cmd: Command, name: str, server: SatapiProcess, cwd: Path) -> None:
-    argv, out_file = _redirect(cmd.argv, cwd)
-    proc = subprocess.run(
-        [sys.executable, "-m", "satapi", *argv[1:]],
+def _python(args: list[str], server: SatapiProcess, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """This interpreter with `args`, in `cwd`, its clients pointed at the test server."""
+    return subprocess.run(
+        [sys.executable, *args],
         cwd=cwd,
         env=_env(server),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
         check=False,
     )
+
+
+def _run_cli(cmd: Command, name: str, server: SatapiProcess, cwd: Path) -> None:
+    argv, out_file = _redirect(cmd.argv, cwd)
+    proc = _python(["-m", "satapi", *argv[1:]], server, cwd)
     if out_file is not None:
         out_file.write_text(proc.stdout)
     wanted = int(cmd.expect[1]) if cmd.expect[:1] == ["exit"] else 0
@@ -335,15 +340,7 @@ def test_example_runs(block: Block, request: pytest.FixtureRequest, tmp_path: Pa
     if block.lang == "python":
         script = tmp_path / "example.py"
         script.write_text(block.text.replace("http://127.0.0.1:8000", server.url))
-        proc = subprocess.run(
-            [sys.executable, str(script)],
-            cwd=tmp_path,
-            env=_env(server),
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
+        proc = _python([str(script)], server, tmp_path)
         assert proc.returncode == 0, f"{block.name}: exit {proc.returncode}\n{proc.stderr}"
         return
 
