@@ -128,7 +128,7 @@ def test_hitcost_measures_both_requests() -> None:
 
 
 def test_s3clients_measures_both_clients() -> None:
-    # The measurement behind the choice of obstore (README "Running replicas"), against moto.
+    # The measurement behind the choice of obstore (docs/replicas.md), against moto.
     done = subprocess.run(
         [sys.executable, "-m", "bench.s3clients", "--n", "10", "--rounds", "1"],
         cwd=REPO_ROOT,

@@ -2,7 +2,7 @@
 
 The service's code talks to an `httpx2.AsyncClient` (timeouts, streaming, the exception tree);
 this transport does the I/O with aiohttp, which cost less CPU per download than httpcore2's
-pools (`python -m bench.clientab`, README "Performance"). It follows the `httpx-aiohttp`
+pools (`python -m bench.clientab`, docs/performance.md). It follows the `httpx-aiohttp`
 package's transport, with what satapi needs on top:
 
 * aiohttp's exceptions mapped to the httpx2 ones httpcore2 raises for the same failure (a

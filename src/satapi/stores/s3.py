@@ -14,7 +14,7 @@ first, to a key no other writer uses; its record follows with a create-if-absent
 exist, so two replicas downloading one id race only on the record: one wins, the other drops
 its own blob and serves the winner's, and every reader sees the same bytes. A record whose TTL
 has passed is deleted and created again; blobs are never changed, so a reader holding an old
-record still reads whole bytes. A bucket lifecycle rule bounds the bucket (README).
+record still reads whole bytes. A bucket lifecycle rule bounds the bucket (docs/replicas.md).
 """
 
 from __future__ import annotations
