@@ -10,6 +10,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from satapi.analyzers.base import DataWindow
 from satapi.cpu import CpuRunner
 from satapi.errors import InvalidRequest, SatapiError
 from satapi.imaging import verify_image
@@ -45,6 +46,13 @@ class FetchedImage:
     shared: bool = False  # it came from another request's download
     queue_wait_s: float = 0.0
     download_s: float = 0.0
+    # The part of the image inside the layer's extent (None: all of it, or not known).
+    data_window: DataWindow | None = None
+
+    @property
+    def coverage(self) -> float | None:
+        """The share of the image inside the layer's extent (0-1), when the extent is known."""
+        return None if self.data_window is None else round(self.data_window.fraction, 4)
 
 
 @dataclass
