@@ -74,8 +74,9 @@ def analysis_id(
         "images": list(image_ids),
         "prompt": prompt or "",
     }
-    if any(w is not None for w in windows):  # whole images keep the keys they always had
-        key["windows"] = [None if w is None else dataclasses.astuple(w) for w in windows]
+    parts = [None if w is None or w.is_whole else dataclasses.astuple(w) for w in windows]
+    if any(parts):  # whole images keep the keys they always had
+        key["windows"] = parts
     blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 

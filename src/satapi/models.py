@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 if TYPE_CHECKING:
     # Only for annotations: the models are shared with `satapi.client`, which must import
     # without the server's modules (aiofiles, stamina, lxml, ...).
+    from satapi.imagery import FetchedImage
     from satapi.selection import ClearestSpec, Selection
     from satapi.storage import ImageRecord
     from satapi.wms_client import GetMapRequest
@@ -243,6 +244,22 @@ class ImageMeta(BaseModel):
     bbox: list[float] | None
     time: str | None
     attribution: str | None
+    coverage: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "The share of the image inside the layer's extent (0-1), from its capabilities; "
+            "null when the extent is not known. The local analyzer counts only that part."
+        ),
+    )
+
+    @classmethod
+    def from_fetched(cls, fetched: FetchedImage) -> ImageMeta:
+        """The public view of an image fetched for a request (with its coverage)."""
+        meta = cls.from_record(fetched.record, cached=fetched.cached)
+        meta.coverage = fetched.coverage
+        return meta
 
     @classmethod
     def from_record(cls, record: ImageRecord, *, cached: bool) -> ImageMeta:

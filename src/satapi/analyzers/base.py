@@ -22,6 +22,11 @@ class DataWindow:
         """The share of the image inside the window (0-1)."""
         return max(0.0, self.right - self.left) * max(0.0, self.bottom - self.top)
 
+    @property
+    def is_whole(self) -> bool:
+        """True when the window is the whole image."""
+        return self.left <= 0 and self.top <= 0 and self.right >= 1 and self.bottom >= 1
+
 
 @dataclass(frozen=True, kw_only=True)
 class ImageInput:

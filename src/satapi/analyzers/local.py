@@ -44,7 +44,7 @@ def valid_mask(image: ImageInput, shape: tuple[int, int]) -> pixels.ValidMask | 
     of the counted pixels is ANDed in here."""
     mask: pixels.ValidMask | None = None
     window = image.data_window
-    if window is not None:
+    if window is not None and not window.is_whole:
         mask = pixels.window_mask(shape, window.left, window.top, window.right, window.bottom)
     return mask
 
