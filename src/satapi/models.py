@@ -324,6 +324,59 @@ class ErrorResponse(BaseModel):
     request_id: str | None = None
 
 
+# Examples of 422 answers from the checks against a layer's capabilities (OpenAPI docs).
+LAYER_CHECK_EXAMPLES: dict[str, dict[str, Any]] = {
+    "time_not_available": {
+        "summary": "The layer has no imagery for that date",
+        "value": {
+            "success": False,
+            "error": "The layer 'scene' has no imagery for 2031-01-01 (nearest offered dates: "
+            "before 2024-06-01).",
+            "code": "time_not_available",
+            "layer": "scene",
+            "time": "2031-01-01",
+            "nearest": {"before": "2024-06-01", "after": None},
+        },
+    },
+    "unknown_layer": {
+        "summary": "The provider has no such layer",
+        "value": {
+            "success": False,
+            "error": "The provider 'ms' has no layer 'nope'. Its layers: cloudy, scene, "
+            "scene_static.",
+            "code": "unknown_layer",
+            "layer": "nope",
+            "layers": ["cloudy", "scene", "scene_static"],
+            "layer_count": 3,
+            "layers_url": "/api/providers/ms/layers",
+        },
+    },
+    "outside_layer": {
+        "summary": "The bbox does not overlap the layer",
+        "value": {
+            "success": False,
+            "error": "The bbox [100.0, 45.0, 104.0, 47.0] (EPSG:4326) lies outside the layer "
+            "'scene', which covers lon 10..14, lat 45..47.",
+            "code": "outside_layer",
+            "layer": "scene",
+            "layer_extent": [10.0, 45.0, 14.0, 47.0],
+            "crs": "CRS:84",
+        },
+    },
+    "unsupported_crs": {
+        "summary": "The layer is not offered in that CRS",
+        "value": {
+            "success": False,
+            "error": "The layer 'scene' is not offered in EPSG:2154; it is offered in CRS:84, "
+            "EPSG:3857, EPSG:4326. EPSG:4326 takes the bbox as lon/lat.",
+            "code": "unsupported_crs",
+            "crs": "EPSG:2154",
+            "supported": ["CRS:84", "EPSG:3857", "EPSG:4326"],
+        },
+    },
+}
+
+
 class ProviderInfo(BaseModel):
     """A configured provider (secrets redacted)."""
 
