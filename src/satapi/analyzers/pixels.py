@@ -713,12 +713,15 @@ def summarize_change(metrics: dict[str, Any]) -> str:
         head + f"{_pct(changed)} of the pixels that are clear in both images changed class."
     ]
     before, after = metrics["before"], metrics["after"]
+    # Class shares are of the pixels with data (see _metrics).
+    nodata = max(float(before["nodata_fraction"]), float(after["nodata_fraction"]))
+    area = "the frame" if nodata < 0.01 else "the area with data"
     moves: list[str] = []
     for key, word in _CLASS_WORDS.items():
         was, now = float(before[key]), float(after[key])
         if abs(now - was) >= 0.01:
             verb = "rose" if now > was else "fell"
-            moves.append(f"{word} {verb} from {_pct(was)} to {_pct(now)} of the frame")
+            moves.append(f"{word} {verb} from {_pct(was)} to {_pct(now)} of {area}")
     if moves:
         text = _join(moves)
         sentences.append(text[0].upper() + text[1:] + ".")
