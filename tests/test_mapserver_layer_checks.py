@@ -27,6 +27,7 @@ from tests.support.mapserver import (
 )
 from tests.test_comparison import parse_sse
 from tests.test_images_api import _app_client
+from tests.test_mapserver_clearest import _settings as clearest_settings
 
 pytestmark = pytest.mark.mapserver
 
@@ -54,17 +55,8 @@ async def proxy(mapserver_wms: MapServerWMS) -> AsyncIterator[CountingProxy]:
 def _settings(
     make_settings: Callable[..., Settings], proxy: CountingProxy, **provider: Any
 ) -> Settings:
-    return make_settings(
-        default_provider="ms",
-        providers={
-            "ms": {
-                "url": f"{proxy.url}/wms",
-                "version": "1.3.0",
-                "default_layer": LAYER,
-                **provider,
-            }
-        },
-    )
+    """Provider `ms` (MapServer behind `proxy`) with `scene` as its default layer."""
+    return clearest_settings(make_settings, proxy, provider={"default_layer": LAYER, **provider})
 
 
 @pytest.fixture
