@@ -28,6 +28,7 @@ from typing import Any
 
 from bench.upstream import encode_image
 from satapi.analyzers import local, pixels
+from satapi.analyzers.base import ImageInput
 from satapi.imaging import verify_image
 
 DEFAULT_SIZES = (64, 512, 2048)
@@ -71,6 +72,7 @@ def measure_size(size: int, rounds: int, min_time: float, workdir: Path) -> list
     def verify() -> object:
         return verify_image(path, expected_size=(size, size), max_pixels=max_px)
 
+    image = ImageInput(data=data, content_type="image/png")
     variants: dict[str, dict[str, Callable[[], object]]] = {
         "before (RGBA decode, rule-by-rule scan)": {
             "decode": lambda: pixels.decode_rgba(data, max_px),
@@ -82,7 +84,7 @@ def measure_size(size: int, rounds: int, min_time: float, workdir: Path) -> list
             "decode": lambda: pixels.decode_pixels(data, max_px),
             "classify": lambda: pixels._scan(rgb),
             "metrics": lambda: pixels._metrics(new_scan),
-            "analyse": lambda: local._analyse_one(data, "image", max_px),
+            "analyse": lambda: local._analyse_one(image, max_px),
         },
     }
     verify_ms = round(_cpu_ms(verify, rounds, min_time), 3)

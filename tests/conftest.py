@@ -93,8 +93,15 @@ async def client(
 
 @pytest.fixture
 def wms() -> Any:
-    """respx router for the fake WMS host (other hosts are not mocked and fail loudly)."""
+    """respx router for the fake WMS host (other hosts are not mocked and fail loudly).
+
+    GetCapabilities answers 404 unless a test mocks a route named "caps" itself, so the layer
+    checks are skipped (as for any server without capabilities) and GetMap routes see GetMaps.
+    """
     with respx.mock(assert_all_called=False) as router:
+        router.get(
+            url__startswith=WMS_URL, params__contains={"REQUEST": "GetCapabilities"}, name="caps"
+        ).mock(return_value=httpx.Response(404, content=b"no capabilities here"))
         yield router
 
 

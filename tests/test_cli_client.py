@@ -117,8 +117,8 @@ def test_timeseries_table_csv_and_file(
         (["image", "--bbox", "12", "45", "10", "46"], "satapi: invalid_bbox: A bbox needs minx"),
         (["image", "--bbox", "1,2,3"], "satapi: invalid_bbox: --bbox needs four numbers"),
         (["image", *AREA, "--provider", "nowhere"], "satapi: unknown_provider: Unknown provider"),
-        (["image", *AREA, "--layer", "nope"], "satapi: wms_exception: "),
-        (["analyze", *AREA, "--layer", "nope"], "satapi: wms_exception: "),
+        (["image", *AREA, "--layer", "nope"], "satapi: unknown_layer: The provider"),
+        (["analyze", *AREA, "--layer", "nope"], "satapi: unknown_layer: The provider"),
         (["image", *AREA, "--width", "0"], "satapi: validation_error: Invalid width"),
     ],
 )
@@ -153,13 +153,13 @@ def test_console_script_help_and_a_real_run(served: str, tmp_path: Path) -> None
     env = {k: v for k, v in os.environ.items() if not k.startswith("SATAPI_")}
     env.update({"SATAPI_URL": served, "SATAPI_API_KEY": KEY})
     ran = subprocess.run(
-        [script, "image", "--bbox=-10,35,5,44", "--width", "30", "--height", "18"],
+        [script, "image", "--bbox=-10,35,12,46", "--width", "30", "--height", "18"],
         capture_output=True,
         text=True,
         timeout=60,
         env=env,
     )
-    # MapServer answers outside its scene with its background colour: still an image.
+    # Partly inside the scene (lon 10..12, lat 45..46): fetched, the rest is no data.
     assert ran.returncode == 0, ran.stderr
     assert "30x18 image/png" in ran.stdout
 

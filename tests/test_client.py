@@ -49,7 +49,7 @@ from satapi.models import (
     VisionRequest,
     VisionResponse,
 )
-from tests.support.mapserver import SCENE_BBOX, MapServerWMS
+from tests.support.mapserver import CLOUDY_BROKEN, CLOUDY_LAYER, SCENE_BBOX, MapServerWMS
 from tests.test_vision_sse import ThreadedServer
 
 pytestmark = pytest.mark.mapserver
@@ -185,10 +185,15 @@ async def test_errors_mirror_the_envelope(make_client: Any) -> None:
             await client.fetch_image(**AREA, provider="nowhere")
         assert unknown.value.code == "unknown_provider"
 
-        with pytest.raises(UpstreamError) as upstream:
+        with pytest.raises(InvalidRequestError) as no_layer:
             await client.fetch_image(**AREA, layer="no_such_layer")
+        assert (no_layer.value.code, no_layer.value.status) == ("unknown_layer", 422)
+        assert "scene" in no_layer.value.details["layers"]
+
+        # a date the capabilities list, whose file on the server is broken
+        with pytest.raises(UpstreamError) as upstream:
+            await client.fetch_image(**AREA, layer=CLOUDY_LAYER, time=CLOUDY_BROKEN)
         assert (upstream.value.code, upstream.value.status) == ("wms_exception", 502)
-        assert upstream.value.details.get("wms_code") == "LayerNotDefined"
 
         # refused by the service's own models before anything is sent
         with pytest.raises(InvalidRequestError) as local:
@@ -333,7 +338,9 @@ async def test_compare_stream(served: str) -> None:
 async def test_stream_error_event_raises_on_final(served: str) -> None:
     async with (
         SatapiClient(served) as client,
-        client.analyze_stream(**AREA, layer="no_such_layer", analyzer="local") as stream,
+        client.analyze_stream(
+            **AREA, layer=CLOUDY_LAYER, time=CLOUDY_BROKEN, analyzer="local"
+        ) as stream,
     ):
         events = [event async for event in stream]
         with pytest.raises(UpstreamError) as failed:

@@ -79,6 +79,11 @@ class TinyWMS:
         if scope["type"] != "http":
             return
         params = {k.upper(): v for k, v in parse_qsl(scope["query_string"].decode())}
+        if params.get("REQUEST", "").lower() == "getcapabilities":
+            # No capabilities: satapi skips its layer checks and sends the GetMap as asked.
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
         self.requests.append(params)
         buf = io.BytesIO()
         size = (int(params.get("WIDTH", "1")), int(params.get("HEIGHT", "1")))

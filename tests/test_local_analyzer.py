@@ -15,6 +15,7 @@ from satapi.analyzers.base import (
     AnalysisResult,
     AnalysisTask,
     Analyzer,
+    DataWindow,
     ImageInput,
     TextDelta,
     run_analysis,
@@ -177,3 +178,32 @@ async def test_wrong_number_of_images_is_invalid(count: int) -> None:
 def test_split_sentences_keeps_text_intact(text: str, pieces: list[str]) -> None:
     assert split_sentences(text) == pieces
     assert "".join(split_sentences(text)) == text
+
+
+async def test_data_window_leaves_the_uncovered_part_out_as_no_data() -> None:
+    # Top half forest; the bottom half is the server's white background outside the layer.
+    data = png([(FOREST, 20), ((255, 255, 255, 255), 20)])
+    window = DataWindow(left=0.0, top=0.0, right=1.0, bottom=0.5)
+    covered = ImageInput(data=data, content_type="image/png", data_window=window)
+    result = await run_analysis(LocalAnalyzer(CpuRunner()), AnalysisTask(images=[covered]))
+    assert result.metrics["vegetation_fraction"] == 1.0
+    assert result.metrics["cloud_fraction"] == 0.0
+    assert result.metrics["nodata_fraction"] == 0.5
+    assert "50 % of the frame has no data" in result.text
+    whole = await run_analysis(LocalAnalyzer(CpuRunner()), AnalysisTask(images=[image(data)]))
+    assert whole.metrics["cloud_fraction"] == 0.5
+
+
+async def test_comparison_counts_pixels_inside_both_windows() -> None:
+    before = png([(FOREST, 40)])
+    after = png([(BROWN, 40)])
+    top = DataWindow(left=0.0, top=0.0, right=1.0, bottom=0.5)
+    task = AnalysisTask(
+        images=[
+            ImageInput(data=before, content_type="image/png", label="before", data_window=top),
+            ImageInput(data=after, content_type="image/png", label="after"),
+        ]
+    )
+    result = await run_analysis(LocalAnalyzer(CpuRunner()), task)
+    assert result.metrics["valid_fraction"] == 0.5
+    assert result.metrics["changed_fraction"] == 1.0

@@ -61,9 +61,11 @@ def _settings(
     make_settings: Callable[..., Settings],
     proxy: CountingProxy,
     max_concurrency: int = CAP,
+    provider: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> Settings:
-    """satapi with MapServer (behind `proxy`; MapServerWMS serves /wms) as provider `ms`."""
+    """satapi with MapServer (behind `proxy`; MapServerWMS serves /wms) as provider `ms`;
+    `provider` adds to (or replaces) its settings."""
     return make_settings(
         default_provider="ms",
         providers={
@@ -72,6 +74,7 @@ def _settings(
                 "version": "1.3.0",
                 "default_layer": CLOUDY_LAYER,
                 "max_concurrency": max_concurrency,
+                **(provider or {}),
             }
         },
         **overrides,

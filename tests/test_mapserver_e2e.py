@@ -174,17 +174,17 @@ async def test_time_picks_the_date(client: httpx.AsyncClient, provider: str) -> 
         assert mismatch(pixels, expected_image(date=date)) == 0.0
 
 
-async def test_unknown_layer_is_502_wms_exception_with_mapservers_code(
+async def test_unknown_layer_is_422_listing_the_capabilities_layers(
     client: httpx.AsyncClient,
 ) -> None:
     for provider in ("ms", "ms111"):
         body = {"provider": provider, "layer": "no_such_layer", "bbox": list(BBOX)}
         r = await client.post("/api/images", json=body)
-        assert r.status_code == 502, r.text
+        assert r.status_code == 422, r.text
         error = r.json()
-        assert error["code"] == "wms_exception"
-        assert error["wms_code"] == "LayerNotDefined"
-        assert "LayerNotDefined" in error["error"]
+        assert error["code"] == "unknown_layer"
+        assert {"scene", "scene_static", "cloudy"} <= set(error["layers"])
+        assert "no_such_layer" in error["error"] and "scene" in error["error"]
 
 
 # --- analysis -------------------------------------------------------------------------------------

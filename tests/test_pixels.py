@@ -119,13 +119,14 @@ EXPECTED_KEYS = {
     ("parts", "expected"),
     [
         pytest.param(
+            # Class shares are of the 90 % with data; no-data is a share of the frame.
             [(FOREST, 0.3), (WATER, 0.2), (BROWN, 0.2), (CLOUD, 0.1), (GREY, 0.1), (BLACK, 0.1)],
             {
-                "vegetation_fraction": 0.3,
-                "water_fraction": 0.2,
-                "bare_fraction": 0.2,
-                "cloud_fraction": 0.1,
-                "built_fraction": 0.1,
+                "vegetation_fraction": 0.3 / 0.9,
+                "water_fraction": 0.2 / 0.9,
+                "bare_fraction": 0.2 / 0.9,
+                "cloud_fraction": 0.1 / 0.9,
+                "built_fraction": 0.1 / 0.9,
                 "nodata_fraction": 0.1,
             },
             id="forest-30-with-all-classes",
@@ -147,7 +148,7 @@ EXPECTED_KEYS = {
         ),
         pytest.param(
             [(TRANSPARENT_GREEN, 0.25), (BLACK, 0.25), (WATER, 0.5)],
-            {"nodata_fraction": 0.5, "water_fraction": 0.5, "vegetation_fraction": 0.0},
+            {"nodata_fraction": 0.5, "water_fraction": 1.0, "vegetation_fraction": 0.0},
             id="nodata-alpha-and-black",
         ),
         pytest.param(
@@ -200,9 +201,10 @@ def test_all_nodata_image() -> None:
 def test_dominant_colours_are_quantised_ranked_and_skip_nodata() -> None:
     metrics = pixels.measure(stripes([(BLACK, 0.5), (FOREST, 0.3), (WATER, 0.2)]))
     # Bin centres of 32 levels per channel: 34 -> 36, 139 -> 140, 20 -> 20, 50 -> 52, 120 -> 124.
+    # Fractions are of the half with data.
     assert metrics["dominant_colors"] == [
-        {"hex": "#248c24", "fraction": 0.3},
-        {"hex": "#14347c", "fraction": 0.2},
+        {"hex": "#248c24", "fraction": 0.6},
+        {"hex": "#14347c", "fraction": 0.4},
     ]
 
 
@@ -251,14 +253,51 @@ def test_measure_is_fast_on_4096_square() -> None:
 
 def test_summarize_mentions_method_classes_and_caveats() -> None:
     text = pixels.summarize(
-        pixels.measure(stripes([(FOREST, 0.42), (WATER, 0.3), (CLOUD, 0.2), (BLACK, 0.08)]))
+        pixels.measure(stripes([(FOREST, 0.4), (WATER, 0.2), (CLOUD, 0.2), (BLACK, 0.2)]))
     )
     assert text.startswith("Heuristic pixel analysis (not AI)")
-    assert "42 % of the frame is vegetation" in text
-    assert "30 % water" in text
-    assert "Clouds or snow cover 20 %" in text
-    assert "8 % of the frame has no data" in text
+    # Shares of the 80 % with data; the no-data share is of the frame and said to be left out.
+    assert "50 % of the area with data is vegetation" in text
+    assert "25 % water" in text
+    assert "Clouds or snow cover 25 %" in text
+    assert "20 % of the frame has no data" in text
+    assert "left out" in text
     assert "mean brightness" in text
+
+
+def test_measure_counts_only_valid_pixels() -> None:
+    # Top half forest, bottom half white background (cloud-like): masked out, it is no data.
+    image = stripes([(FOREST, 0.5), (CLOUD, 0.5)])
+    height, width = image.shape[:2]
+    valid = np.zeros((height, width), dtype=bool)
+    valid[: height // 2] = True
+    whole = pixels.measure(image)
+    assert whole["cloud_fraction"] == pytest.approx(0.5, abs=0.01)
+    masked = pixels.measure(image, valid)
+    assert masked["vegetation_fraction"] == pytest.approx(1.0, abs=0.01)
+    assert masked["cloud_fraction"] == 0.0
+    assert masked["nodata_fraction"] == pytest.approx(0.5, abs=0.01)
+    assert pixels.measure(image, np.ones((height, width), dtype=bool)) == whole
+    with pytest.raises(ValueError, match="does not match"):
+        pixels.measure(image, valid[1:])
+
+
+def test_window_mask_covers_pixel_centres_inside() -> None:
+    mask = pixels.window_mask((2, 4), 0.0, 0.0, 0.5, 1.0)
+    assert mask.tolist() == [[True, True, False, False], [True, True, False, False]]
+    assert pixels.window_mask((4, 4), 0.0, 0.5, 1.0, 1.0).sum() == 8
+
+
+def test_compare_counts_only_valid_pixels() -> None:
+    before = stripes([(FOREST, 0.5), (CLOUD, 0.5)])
+    after = stripes([(BROWN, 0.5), (CLOUD, 0.5)])
+    height, width = before.shape[:2]
+    valid = np.zeros((height, width), dtype=bool)
+    valid[: height // 4] = True
+    metrics, _ = pixels.compare(before, after, valid)
+    assert metrics["valid_fraction"] == pytest.approx(0.25, abs=0.01)
+    assert metrics["changed_fraction"] == 1.0
+    assert metrics["before"]["nodata_fraction"] == pytest.approx(0.75, abs=0.01)
 
 
 def test_summarize_heavy_cloud_warns() -> None:

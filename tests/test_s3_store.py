@@ -435,7 +435,7 @@ async def test_the_api_on_the_s3_store(
     s3_settings: Callable[..., Settings], wms: respx.Router, moto_s3: MotoServer
 ) -> None:
     png = png_bytes(64, 32)
-    wms.get(WMS_URL).respond(200, content=png, headers={"Content-Type": "image/png"})
+    getmap = wms.get(WMS_URL).respond(200, content=png, headers={"Content-Type": "image/png"})
     settings = s3_settings()
     bucket = settings.store_url.split("/")[2]  # type: ignore[union-attr]
     async for client in app_client(settings, wms=wms):
@@ -468,7 +468,7 @@ async def test_the_api_on_the_s3_store(
 
         ready = await client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["checks"]["store_writable"] is True
-    assert wms.calls.call_count == 1
+    assert getmap.call_count == 1
     keys = moto_s3.keys(bucket)
     assert f"satapi/images/{image_id}.json" in keys
     assert f"satapi/analyses/{analysis_id}.json" in keys
@@ -478,7 +478,9 @@ async def test_the_api_on_the_s3_store(
 async def test_cache_ttl_applies_to_images_without_time(
     s3_settings: Callable[..., Settings], wms: respx.Router
 ) -> None:
-    wms.get(WMS_URL).respond(200, content=png_bytes(64, 32), headers={"Content-Type": "image/png"})
+    getmap = wms.get(WMS_URL).respond(
+        200, content=png_bytes(64, 32), headers={"Content-Type": "image/png"}
+    )
     async for client in app_client(s3_settings(cache_ttl_s=1.0), wms=wms):
         first = await client.post("/api/images", json=BODY)
         again = await client.post("/api/images", json=BODY)
@@ -486,7 +488,7 @@ async def test_cache_ttl_applies_to_images_without_time(
         await asyncio.sleep(1.1)
         expired = await client.post("/api/images", json=BODY)
         assert expired.status_code == 200 and expired.json()["image"]["cached"] is False
-        assert wms.calls.call_count == 2  # fetched again, and the new record replaced the old
+        assert getmap.call_count == 2  # fetched again, and the new record replaced the old
         image_id = first.json()["image"]["id"]
         meta = (await client.get(f"/api/images/{image_id}/meta")).json()
         assert meta["expires_at"] > time.time()

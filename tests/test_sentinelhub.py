@@ -554,6 +554,31 @@ async def test_wrong_credentials_are_provider_auth_without_the_secret(
     assert store_files(tmp_path / "data") == []
 
 
+async def test_a_wrong_secret_never_rides_on_anothers_token(
+    make_settings: Callable[..., Settings], sh: FakeSentinelHub
+) -> None:
+    # Same token endpoint and client id, one right secret and one wrong: the token cache is
+    # keyed on the secret too, so the wrong one asks for its own token and is refused at once.
+    settings = make_settings(
+        default_provider="good",
+        providers={
+            "good": sh.provider(),
+            "bad": sh.provider(client_secret="Wr0ng+Secret/Value=="),
+        },
+    )
+    async for api in _client(settings):
+        good = await api.post("/api/images", json=body(provider="good"))
+        assert good.status_code == 200, good.text
+        bad = await api.post("/api/images", json=body(provider="bad", bbox=shifted(1)))
+        assert bad.status_code == 502, bad.text
+        assert bad.json()["code"] == "provider_auth"
+        assert "Wr0ng" not in bad.text
+        again = await api.post("/api/images", json=body(provider="good", bbox=shifted(2)))
+        assert again.status_code == 200, again.text
+    assert [c.status for c in sh.token_calls] == [200, 401]
+    assert len(sh.process_calls) == 2  # the wrong secret sent no Process API call
+
+
 async def test_token_endpoint_transients_are_retried(
     api: httpx.AsyncClient, sh: FakeSentinelHub
 ) -> None:

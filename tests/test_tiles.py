@@ -185,7 +185,7 @@ async def test_concurrent_requests_share_one_download(
         ("/api/tiles/mapserver/30/0/0.png", {}, 422, "validation_error"),
         ("/api/tiles/nowhere/3/1/1.png", {}, 422, "unknown_provider"),
         ("/api/tiles/mapserver/3/1/1.png", {"time": "yesterday"}, 422, "validation_error"),
-        ("/api/tiles/mapserver/3/4/2.png", {"layer": "no_such_layer"}, 502, "wms_exception"),
+        ("/api/tiles/mapserver/3/4/2.png", {"layer": "no_such_layer"}, 422, "unknown_layer"),
     ],
 )
 async def test_errors_are_the_envelope(

@@ -138,6 +138,10 @@ class TinyWMS:
         params = {k.upper(): v for k, v in parse_qsl(scope["query_string"].decode())}
         while (await receive()).get("more_body"):
             pass
+        if params.get("REQUEST", "").lower() == "getcapabilities":
+            # No capabilities: satapi skips its layer checks and sends the GetMap as asked.
+            await _respond(send, b"no capabilities here", "text/plain", status=404)
+            return
         with self._lock:
             self.calls += 1
             self.in_flight += 1
@@ -174,11 +178,11 @@ async def _wait_for_disconnect(receive: Any) -> None:
         pass
 
 
-async def _respond(send: Any, body: bytes, content_type: str) -> None:
+async def _respond(send: Any, body: bytes, content_type: str, status: int = 200) -> None:
     await send(
         {
             "type": "http.response.start",
-            "status": 200,
+            "status": status,
             "headers": [
                 (b"content-type", content_type.encode()),
                 (b"content-length", str(len(body)).encode()),

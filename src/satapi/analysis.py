@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -10,7 +11,14 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from satapi.analyzers.base import AnalysisResult, AnalysisTask, Analyzer, ImageInput, TextDelta
+from satapi.analyzers.base import (
+    AnalysisResult,
+    AnalysisTask,
+    Analyzer,
+    DataWindow,
+    ImageInput,
+    TextDelta,
+)
 from satapi.errors import AINotConfigured
 from satapi.imagery import FetchedImage
 from satapi.imaging import png_size
@@ -52,13 +60,24 @@ class Analyzed:
 
 
 def analysis_id(
-    analyzer: str, model: str | None, image_ids: Sequence[str], prompt: str | None
+    analyzer: str,
+    model: str | None,
+    image_ids: Sequence[str],
+    prompt: str | None,
+    windows: Sequence[DataWindow | None] = (),
 ) -> str:
-    """sha256 of what determines an analysis: images, analyzer, model and prompt."""
-    blob = json.dumps(
-        {"analyzer": analyzer, "model": model, "images": list(image_ids), "prompt": prompt or ""},
-        sort_keys=True,
-    )
+    """sha256 of what determines an analysis: images (and the part of each that holds data),
+    analyzer, model and prompt."""
+    key: dict[str, Any] = {
+        "analyzer": analyzer,
+        "model": model,
+        "images": list(image_ids),
+        "prompt": prompt or "",
+    }
+    parts = [None if w is None or w.is_whole else dataclasses.astuple(w) for w in windows]
+    if any(parts):  # whole images keep the keys they always had
+        key["windows"] = parts
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -107,7 +126,13 @@ class AnalysisService:
         """Analyse `images` ((label, image) pairs), yielding text deltas and then `Analyzed`."""
         started = time.perf_counter()
         records = [fetched.record for _, fetched in images]
-        key = analysis_id(analyzer.name, analyzer.model, [r.id for r in records], prompt)
+        key = analysis_id(
+            analyzer.name,
+            analyzer.model,
+            [r.id for r in records],
+            prompt,
+            [fetched.data_window for _, fetched in images],
+        )
         stored = await self._results.get(key)
         if stored is not None and await self._derived_present(stored):
             analyzed = await self._from_stored(key, stored, started)
@@ -123,8 +148,8 @@ class AnalysisService:
             yield analyzed
             return
         inputs = [
-            _image_input(label, record, await self._store.read_bytes(record))
-            for label, record in zip((label for label, _ in images), records, strict=True)
+            _image_input(label, fetched, await self._store.read_bytes(fetched.record))
+            for label, fetched in images
         ]
         task = AnalysisTask(images=inputs, prompt=prompt)
         result: AnalysisResult | None = None
@@ -268,7 +293,8 @@ class AnalysisService:
         return made
 
 
-def _image_input(label: str, record: ImageRecord, data: bytes) -> ImageInput:
+def _image_input(label: str, fetched: FetchedImage, data: bytes) -> ImageInput:
+    record = fetched.record
     bbox = tuple(record.bbox) if record.bbox and len(record.bbox) == 4 else None
     return ImageInput(
         data=data,
@@ -279,4 +305,5 @@ def _image_input(label: str, record: ImageRecord, data: bytes) -> ImageInput:
         bbox=bbox,  # type: ignore[arg-type]
         crs=record.crs,
         time=record.time,
+        data_window=fetched.data_window,
     )

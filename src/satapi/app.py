@@ -22,7 +22,7 @@ from satapi.config import Settings, load_settings
 from satapi.cpu import CpuRunner, limit_malloc_arenas
 from satapi.imagery import ImageService
 from satapi.limits import SlotLimiter, make_ai_limiter, open_coordination
-from satapi.models import ErrorResponse
+from satapi.models import LAYER_CHECK_EXAMPLES, ErrorResponse
 from satapi.observability.events import (
     LoopLagSampled,
     NullObserver,
@@ -74,7 +74,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
         401: "A valid API key is required.",
         404: "Unknown provider, image or analysis.",
         413: "The request body is too large.",
-        422: "The request is invalid; `error` says which field and why.",
+        422: (
+            "The request is invalid; `error` says which field and why. Requests are also "
+            "checked against the layer's capabilities before any download: "
+            "`time_not_available`, `unknown_layer`, `outside_layer`, `unsupported_crs`."
+        ),
         502: "The WMS server or the AI provider failed.",
         503: (
             "Overloaded, or a shared backend (the object store) is unavailable; retry after "
@@ -348,6 +352,16 @@ API_KEY_SCHEMES: dict[str, dict[str, str]] = {
 }
 
 
+# Routes whose requests are checked against the layer's capabilities (their 422 examples).
+_CHECKED_ROUTES = (
+    "/api/images",
+    "/api/vision",
+    "/api/comparison",
+    "/api/tiles",
+    "/api/timeseries",
+)
+
+
 def _document_errors_and_keys(app: FastAPI) -> None:
     """Document every 4xx/5xx as the JSON error envelope, also on SSE routes, and the API-key
     schemes on every /api operation.
@@ -365,7 +379,11 @@ def _document_errors_and_keys(app: FastAPI) -> None:
                 for operation in path.values():
                     for status, response in operation.get("responses", {}).items():
                         if status[:1] in ("4", "5"):
-                            response["content"] = {"application/json": dict(envelope)}
+                            media: dict[str, Any] = dict(envelope)
+                            if status == "422" and route.startswith(_CHECKED_ROUTES):
+                                # The layer checks' answers (capabilities, before any GetMap).
+                                media["examples"] = LAYER_CHECK_EXAMPLES
+                            response["content"] = {"application/json": media}
                     if route == "/api" or route.startswith("/api/"):
                         operation["security"] = [{name: []} for name in API_KEY_SCHEMES]
             schema.setdefault("components", {}).setdefault("securitySchemes", {}).update(

@@ -74,6 +74,13 @@ class ProviderConfig(BaseModel):
     params: dict[str, str] = Field(default_factory=dict)
     secret_params: dict[str, SecretStr] = Field(default_factory=dict)
     enabled: bool = Field(default=True, description="false removes a built-in provider.")
+    check_time: bool = Field(
+        default=True,
+        description=(
+            "wms: refuse a time the layer's capabilities do not list (time_not_available); "
+            "false for servers whose capabilities do not tell their dates truthfully."
+        ),
+    )
 
     # kind = "sentinelhub" (issue 12): OAuth client credentials and the Process API request.
     token_url: str | None = Field(

@@ -51,6 +51,30 @@ class UnknownProvider(InvalidRequest):
     code = "unknown_provider"
 
 
+class UnknownLayer(InvalidRequest):
+    """The request names a layer the provider's capabilities do not list."""
+
+    code = "unknown_layer"
+
+
+class UnsupportedCRS(InvalidRequest):
+    """The layer's capabilities do not offer the request's CRS."""
+
+    code = "unsupported_crs"
+
+
+class TimeNotAvailable(InvalidRequest):
+    """The layer offers no imagery for the requested time (or has no TIME dimension)."""
+
+    code = "time_not_available"
+
+
+class OutsideLayer(InvalidRequest):
+    """The bbox does not overlap the layer's extent at all."""
+
+    code = "outside_layer"
+
+
 class TooManyDates(InvalidRequest):
     """A time series asks for more dates than allowed."""
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from satapi.analyzers.base import DataWindow
 from satapi.cpu import CpuRunner
 from satapi.errors import InvalidRequest, SatapiError
 from satapi.imaging import verify_image
+from satapi.layercheck import check_request
 from satapi.observability.events import (
     DownloadSettled,
     NullObserver,
@@ -45,6 +48,13 @@ class FetchedImage:
     shared: bool = False  # it came from another request's download
     queue_wait_s: float = 0.0
     download_s: float = 0.0
+    # The part of the image inside the layer's extent (None: all of it, or not known).
+    data_window: DataWindow | None = None
+
+    @property
+    def coverage(self) -> float | None:
+        """The share of the image inside the layer's extent (0-1), when the extent is known."""
+        return None if self.data_window is None else round(self.data_window.fraction, 4)
 
 
 @dataclass
@@ -101,6 +111,12 @@ class ImageService:
                 raise InvalidRequest(f"{side} must be between 1 and {self.max_px} pixels.")
         return self.client.target(name, config, req)
 
+    async def check(self, provider: str | None, req: GetMapRequest) -> DataWindow | None:
+        """Refuse `req` when its layer's capabilities do not offer its layer, CRS, time or
+        extent (before any GetMap); where the image will hold data (`layercheck`)."""
+        name = provider or self.default_provider
+        return await check_request(self.client, name, self.client.provider(name), req)
+
     def target_for_url(self, url: str) -> FetchTarget:
         """The download for an old client's complete GetMap URL, if its host is allowed."""
         return target_from_url(url, self._policy, max_px=self.max_px)
@@ -108,12 +124,23 @@ class ImageService:
     # -- fetching -------------------------------------------------------------------------------
 
     async def fetch(
-        self, target: FetchTarget, on_stage: StageCallback | None = None
+        self,
+        target: FetchTarget,
+        on_stage: StageCallback | None = None,
+        *,
+        data_window: DataWindow | None = None,
     ) -> FetchedImage:
         """The stored image for `target`: a cache hit, a shared download, or a new download.
 
+        `data_window` (from `check`) is carried on the result for the analyzers and answers.
         If every caller waiting for a download is cancelled, the download is cancelled too.
         """
+        fetched = await self._fetch(target, on_stage)
+        if data_window is None:
+            return fetched
+        return dataclasses.replace(fetched, data_window=data_window)
+
+    async def _fetch(self, target: FetchTarget, on_stage: StageCallback | None) -> FetchedImage:
         started = time.perf_counter()
         image_id = target.image_id
         record = await self.store.get(image_id)
@@ -161,8 +188,11 @@ class ImageService:
         self,
         targets: Mapping[str, FetchTarget],
         on_stage: Callable[[str, str], None] | None = None,
+        windows: Mapping[str, DataWindow | None] | None = None,
     ) -> dict[str, FetchedImage]:
         """Fetch several images concurrently (`asyncio.gather`); all or nothing.
+
+        `windows` gives each side's data window (see `fetch`).
 
         If one fails, the others are cancelled and the error is re-raised with the failing
         side's name in its message and in `extra["side"]`.
@@ -170,8 +200,9 @@ class ImageService:
 
         async def one(side: str, target: FetchTarget) -> FetchedImage:
             stage = None if on_stage is None else (lambda s: on_stage(side, s))
+            window = None if windows is None else windows.get(side)
             try:
-                return await self.fetch(target, on_stage=stage)
+                return await self.fetch(target, on_stage=stage, data_window=window)
             except SatapiError as exc:
                 raise for_side(exc, side) from None
 
@@ -186,11 +217,13 @@ class ImageService:
         return dict(zip(targets, results, strict=True))
 
     async def fetch_each(
-        self, targets: Mapping[str, FetchTarget]
+        self, targets: Mapping[str, FetchTarget], *, data_window: DataWindow | None = None
     ) -> dict[str, FetchedImage | SatapiError]:
-        """Fetch several images concurrently; a failure stands in for its own result only."""
+        """Fetch several images of one area concurrently (`data_window` as in `fetch`); a
+        failure stands in for its own result only."""
         results = await asyncio.gather(
-            *(self.fetch(t) for t in targets.values()), return_exceptions=True
+            *(self.fetch(t, data_window=data_window) for t in targets.values()),
+            return_exceptions=True,
         )
         out: dict[str, FetchedImage | SatapiError] = {}
         for key, result in zip(targets, results, strict=True):

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 if TYPE_CHECKING:
     # Only for annotations: the models are shared with `satapi.client`, which must import
     # without the server's modules (aiofiles, stamina, lxml, ...).
+    from satapi.imagery import FetchedImage
     from satapi.selection import ClearestSpec, Selection
     from satapi.storage import ImageRecord
     from satapi.wms_client import GetMapRequest
@@ -243,6 +244,22 @@ class ImageMeta(BaseModel):
     bbox: list[float] | None
     time: str | None
     attribution: str | None
+    coverage: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "The share of the image inside the layer's extent (0-1), from its capabilities; "
+            "null when the extent is not known. The local analyzer counts only that part."
+        ),
+    )
+
+    @classmethod
+    def from_fetched(cls, fetched: FetchedImage) -> ImageMeta:
+        """The public view of an image fetched for a request (with its coverage)."""
+        meta = cls.from_record(fetched.record, cached=fetched.cached)
+        meta.coverage = fetched.coverage
+        return meta
 
     @classmethod
     def from_record(cls, record: ImageRecord, *, cached: bool) -> ImageMeta:
@@ -305,6 +322,59 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="A human sentence saying what went wrong.")
     code: str = Field(description="Machine-readable error code.", examples=["invalid_bbox"])
     request_id: str | None = None
+
+
+# Examples of 422 answers from the checks against a layer's capabilities (OpenAPI docs).
+LAYER_CHECK_EXAMPLES: dict[str, dict[str, Any]] = {
+    "time_not_available": {
+        "summary": "The layer has no imagery for that date",
+        "value": {
+            "success": False,
+            "error": "The layer 'scene' has no imagery for 2031-01-01 (nearest offered dates: "
+            "before 2024-06-01).",
+            "code": "time_not_available",
+            "layer": "scene",
+            "time": "2031-01-01",
+            "nearest": {"before": "2024-06-01", "after": None},
+        },
+    },
+    "unknown_layer": {
+        "summary": "The provider has no such layer",
+        "value": {
+            "success": False,
+            "error": "The provider 'ms' has no layer 'nope'. Its layers: cloudy, scene, "
+            "scene_static.",
+            "code": "unknown_layer",
+            "layer": "nope",
+            "layers": ["cloudy", "scene", "scene_static"],
+            "layer_count": 3,
+            "layers_url": "/api/providers/ms/layers",
+        },
+    },
+    "outside_layer": {
+        "summary": "The bbox does not overlap the layer",
+        "value": {
+            "success": False,
+            "error": "The bbox [100.0, 45.0, 104.0, 47.0] (EPSG:4326) lies outside the layer "
+            "'scene', which covers lon 10..14, lat 45..47.",
+            "code": "outside_layer",
+            "layer": "scene",
+            "layer_extent": [10.0, 45.0, 14.0, 47.0],
+            "crs": "CRS:84",
+        },
+    },
+    "unsupported_crs": {
+        "summary": "The layer is not offered in that CRS",
+        "value": {
+            "success": False,
+            "error": "The layer 'scene' is not offered in EPSG:2154; it is offered in CRS:84, "
+            "EPSG:3857, EPSG:4326. EPSG:4326 takes the bbox as lon/lat.",
+            "code": "unsupported_crs",
+            "crs": "EPSG:2154",
+            "supported": ["CRS:84", "EPSG:3857", "EPSG:4326"],
+        },
+    },
+}
 
 
 class ProviderInfo(BaseModel):

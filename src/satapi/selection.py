@@ -204,7 +204,9 @@ def score_image(data: bytes, max_pixels: int) -> tuple[float, float]:
     """(cloud_fraction, nodata_fraction) of an image by the local analyzer's pixel rules
     (blocking; run it through the CpuRunner)."""
     metrics = pixels.measure(pixels.decode_rgba(data, max_pixels))
-    return float(metrics["cloud_fraction"]), float(metrics["nodata_fraction"])
+    nodata = float(metrics["nodata_fraction"])
+    # measure() gives cloud as a share of the pixels with data; the score wants the frame's.
+    return round(float(metrics["cloud_fraction"]) * (1.0 - nodata), 4), nodata
 
 
 def choose(candidates: Sequence[Candidate]) -> Candidate | None:

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from satapi.errors import InvalidRequest, NotAnImage
-from satapi.wms_client import GetMapRequest
+from satapi.wms_client import WEB_MERCATOR, GetMapRequest
 
 TILE_PX = 256
 MAX_ZOOM = 24
@@ -49,7 +49,7 @@ def tile_bounds(z: int, x: int, y: int) -> tuple[float, float, float, float]:
     return (west(x), north(y + 1), west(x + 1), north(y))
 
 
-MERCATOR_CRS = frozenset({"EPSG:3857", "EPSG:900913", "EPSG:102100", "EPSG:102113"})
+MERCATOR_CRS = WEB_MERCATOR
 GEOGRAPHIC_CRS = ("EPSG:4326", "CRS:84")
 # Rows of the geographic source image per tile: twice the output, so each output row picks a
 # source row at most a quarter of an output row away from its exact latitude.

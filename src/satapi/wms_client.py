@@ -41,6 +41,11 @@ GEOGRAPHIC_LATLON = frozenset(
 )
 GEOGRAPHIC = GEOGRAPHIC_LATLON | {"CRS:84", "OGC:CRS84"}
 WEB_MERCATOR_LIMIT = 20037508.342789244
+WEB_MERCATOR = frozenset({"EPSG:3857", "EPSG:900913", "EPSG:102100", "EPSG:102113"})
+# Projected CRSs in metres whose real-world coordinates are never all within ±180: Web
+# Mercator, World Mercator, ETRS89-LAEA Europe, Lambert-93, British National Grid, US Albers.
+METRE_CRS = WEB_MERCATOR | {"EPSG:3395", "EPSG:3035", "EPSG:2154", "EPSG:27700", "EPSG:5070"}
+_UTM_PREFIXES = ("EPSG:326", "EPSG:327", "EPSG:258")  # WGS 84 / ETRS89 UTM zones (metres)
 
 BBox = tuple[float, float, float, float]
 
@@ -64,7 +69,22 @@ def validate_bbox(bbox: Sequence[float], crs: str) -> BBox:
         abs(v) <= WEB_MERCATOR_LIMIT * 1.0001 for v in (minx, miny, maxx, maxy)
     ):
         raise InvalidBBox(f"An {crs} bbox lies within ±{WEB_MERCATOR_LIMIT:.0f} metres.")
+    if in_metres(crs_u) and all(abs(v) <= 180 for v in (minx, miny, maxx, maxy)):
+        raise InvalidBBox(
+            f"The bbox {[minx, miny, maxx, maxy]} looks like degrees, but {crs} is in metres: "
+            f"it would be a box {maxx - minx:g} m wide. Send lon/lat with crs EPSG:4326, or the "
+            f"bbox in {crs} metres.",
+            extra={"crs": crs, "units": "metre"},
+        )
     return (minx, miny, maxx, maxy)
+
+
+def in_metres(crs: str) -> bool:
+    """True for the well-known projected CRSs whose coordinates are metres."""
+    crs_u = crs.upper()
+    return crs_u in METRE_CRS or (
+        crs_u.startswith(_UTM_PREFIXES) and crs_u[-2:].isdigit() and len(crs_u) == 10
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,6 +11,7 @@ The behaviour is chosen per request, first match wins:
 * the ``LAYERS`` parameter, as ``<mode>`` or ``<mode>:<latency seconds>`` (so one provider at
   ``/wms`` serves every mode and the API client picks one with the request's ``layer``).
 
+GetCapabilities is answered 404 at once in every mode (and not counted).
 ``LATENCY`` (seconds) delays any mode's answer. ``WIDTH``/``HEIGHT`` size the images.
 
 Modes
@@ -403,6 +404,11 @@ class FaultUpstream:
         self, req: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         """Answer one request; returns True when the connection is to be reset."""
+        if req.query.get("REQUEST", "").lower() == "getcapabilities":
+            # No capabilities (answered at once, not counted): satapi skips its layer checks
+            # and every mode's GetMap is sent as asked.
+            await _send(writer, 404, b"no capabilities here", "text/plain")
+            return False
         mode = req.mode
         with self._lock:
             s = self._stats

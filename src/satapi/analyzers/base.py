@@ -7,6 +7,27 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
+@dataclass(frozen=True)
+class DataWindow:
+    """The part of an image inside the layer's extent, as fractions (0-1) of its width and
+    height measured from the top-left corner; the rest of the image holds no data."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+    @property
+    def fraction(self) -> float:
+        """The share of the image inside the window (0-1)."""
+        return max(0.0, self.right - self.left) * max(0.0, self.bottom - self.top)
+
+    @property
+    def is_whole(self) -> bool:
+        """True when the window is the whole image."""
+        return self.left <= 0 and self.top <= 0 and self.right >= 1 and self.bottom >= 1
+
+
 @dataclass(frozen=True, kw_only=True)
 class ImageInput:
     """One image to analyse, with what is known about where and when it was taken."""
@@ -19,6 +40,9 @@ class ImageInput:
     bbox: tuple[float, float, float, float] | None = None  # lon/lat for EPSG:4326 / CRS:84
     crs: str | None = None
     time: str | None = None
+    # Where the image holds data: None when all of it lies inside the layer's extent. The
+    # local analyzer turns it into a per-pixel `valid` mask (see analyzers/local.py valid_mask).
+    data_window: DataWindow | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

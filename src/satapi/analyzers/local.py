@@ -7,7 +7,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from satapi.analyzers import pixels
-from satapi.analyzers.base import AnalysisEvent, AnalysisResult, AnalysisTask, TextDelta
+from satapi.analyzers.base import (
+    AnalysisEvent,
+    AnalysisResult,
+    AnalysisTask,
+    ImageInput,
+    TextDelta,
+)
 from satapi.cpu import CpuRunner
 from satapi.errors import InvalidRequest, NotAnImage
 
@@ -32,19 +38,37 @@ def _decode(data: bytes, label: str, max_pixels: int) -> pixels.RgbaArray:
         ) from exc
 
 
-def _analyse_one(data: bytes, label: str, max_pixels: int) -> tuple[dict[str, Any], str]:
+def valid_mask(image: ImageInput, shape: tuple[int, int]) -> pixels.ValidMask | None:
+    """The pixels of `image` (decoded to `shape`, (H, W)) that the metrics count, or None for
+    all of them: those inside the layer's extent (`data_window`). Every further restriction
+    of the counted pixels is ANDed in here."""
+    mask: pixels.ValidMask | None = None
+    window = image.data_window
+    if window is not None and not window.is_whole:
+        mask = pixels.window_mask(shape, window.left, window.top, window.right, window.bottom)
+    return mask
+
+
+def _analyse_one(image: ImageInput, max_pixels: int) -> tuple[dict[str, Any], str]:
     """Decode, measure and summarise one image (blocking; runs in a worker thread)."""
-    metrics = pixels.measure(_decode(data, label, max_pixels))
+    decoded = _decode(image.data, image.label, max_pixels)
+    metrics = pixels.measure(decoded, valid_mask(image, decoded.shape[:2]))
     return metrics, pixels.summarize(metrics)
 
 
 def _analyse_pair(
-    before: bytes, after: bytes, labels: tuple[str, str], max_pixels: int
+    before: ImageInput, after: ImageInput, max_pixels: int
 ) -> tuple[dict[str, Any], str, bytes]:
-    """Decode and compare two images; returns metrics, summary and the change-mask PNG."""
-    before_rgba = _decode(before, labels[0], max_pixels)
-    after_rgba = _decode(after, labels[1], max_pixels)
-    metrics, mask_png = pixels.compare_png(before_rgba, after_rgba)
+    """Decode and compare two images; returns metrics, summary and the change-mask PNG.
+
+    A pixel counts when both images' masks count it (the mask is on the before image's grid).
+    """
+    before_rgba = _decode(before.data, before.label, max_pixels)
+    after_rgba = _decode(after.data, after.label, max_pixels)
+    shape = before_rgba.shape[:2]
+    masks = [m for m in (valid_mask(before, shape), valid_mask(after, shape)) if m is not None]
+    valid = masks[0] & masks[1] if len(masks) == 2 else (masks[0] if masks else None)
+    metrics, mask_png = pixels.compare_png(before_rgba, after_rgba, valid)
     return metrics, pixels.summarize_change(metrics), mask_png
 
 
@@ -67,17 +91,11 @@ class LocalAnalyzer:
         images: dict[str, bytes] = {}
         if len(task.images) == 1:
             image = task.images[0]
-            metrics, text = await self._cpu.run(
-                _analyse_one, image.data, image.label, self._max_pixels
-            )
+            metrics, text = await self._cpu.run(_analyse_one, image, self._max_pixels)
         elif task.is_comparison:
             before, after = task.images
             metrics, text, mask_png = await self._cpu.run(
-                _analyse_pair,
-                before.data,
-                after.data,
-                (before.label, after.label),
-                self._max_pixels,
+                _analyse_pair, before, after, self._max_pixels
             )
             images["change_mask"] = mask_png
         else:

@@ -368,13 +368,18 @@ def classify(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
 
 
 def _metrics(scan: _Scan) -> dict[str, Any]:
-    """The `measure()` dictionary for a finished scan."""
+    """The `measure()` dictionary for a finished scan.
+
+    Class and colour fractions are shares of the pixels that hold data, so pixels outside the
+    layer's coverage or transparent ones never count as cloud or land; `nodata_fraction` is the
+    share of the whole frame without data.
+    """
     total = scan.classes.size
     counts = [int(np.count_nonzero(scan.classes == code)) for code in range(len(CLASS_NAMES))]
     valid = total - counts[NODATA]
 
     def fraction(code: int) -> float:
-        return round(counts[code] / total, 4) if total else 0.0
+        return round(counts[code] / valid, 4) if valid else 0.0
 
     mean_brightness = scan.brightness_sum / (valid * 765) if valid else 0.0
     # Stable order for ties: most pixels first, then the lowest bin code. Only occupied bins
@@ -391,22 +396,56 @@ def _metrics(scan: _Scan) -> dict[str, Any]:
         # The centre of the bin, not the mean of its pixels: cheaper and just as stable.
         levels = ((int(code) >> (shift * _QUANT_BITS)) & mask for shift in (2, 1, 0))
         hex_color = "#" + "".join(f"{level * step + step // 2:02x}" for level in levels)
-        dominant.append({"hex": hex_color, "fraction": round(count / total, 4)})
+        dominant.append({"hex": hex_color, "fraction": round(count / valid, 4)})
     return {
         "vegetation_fraction": fraction(VEGETATION),
         "water_fraction": fraction(WATER),
         "bare_fraction": fraction(BARE),
         "built_fraction": fraction(BUILT),
         "cloud_fraction": fraction(CLOUD),
-        "nodata_fraction": fraction(NODATA),
+        "nodata_fraction": round(counts[NODATA] / total, 4) if total else 0.0,
         "mean_brightness": round(mean_brightness, 4),
         "dominant_colors": dominant,
     }
 
 
-def measure(rgba: NDArray[np.uint8]) -> dict[str, Any]:
-    """Class fractions and top-5 colour fractions (of all pixels), and mean brightness (0-1)."""
-    return _metrics(_scan(rgba))
+ValidMask = NDArray[np.bool_]
+
+
+def apply_valid(image: NDArray[np.uint8], valid: ValidMask | None) -> NDArray[np.uint8]:
+    """`image`, with the pixels where `valid` is False made transparent (no data).
+
+    `valid` is an (H, W) boolean array, True for a pixel that counts; None counts every pixel.
+    """
+    if valid is None:
+        return image
+    rgba = _as_rgba(image)
+    if valid.shape != rgba.shape[:2]:
+        raise ValueError(f"valid mask {valid.shape} does not match the image {rgba.shape[:2]}")
+    if bool(valid.all()):
+        return image
+    masked = rgba.copy()
+    masked[..., 3][~valid] = 0
+    return masked
+
+
+def window_mask(
+    shape: tuple[int, int], left: float, top: float, right: float, bottom: float
+) -> ValidMask:
+    """An (H, W) mask that is True for the pixels whose centres lie inside a window given as
+    fractions (0-1) of the image's width and height from its top-left corner."""
+    height, width = shape
+    cols = (np.arange(width) + 0.5) / width
+    rows = (np.arange(height) + 0.5) / height
+    inside_cols = (cols >= left) & (cols <= right)
+    inside_rows = (rows >= top) & (rows <= bottom)
+    return np.logical_and.outer(inside_rows, inside_cols)
+
+
+def measure(rgba: NDArray[np.uint8], valid: ValidMask | None = None) -> dict[str, Any]:
+    """Class and top-5 colour fractions (of the pixels with data), the no-data share of the
+    frame, and mean brightness (0-1). Pixels where `valid` is False count as no data."""
+    return _metrics(_scan(apply_valid(rgba, valid)))
 
 
 # --- wording -----------------------------------------------------------------------------------
@@ -449,22 +488,22 @@ def summarize(metrics: dict[str, Any]) -> str:
             "almost the whole frame has no data (transparent or black), so there is nothing "
             "to analyse. Check the layer, date and bounding box."
         )
+    # Class shares are of the pixels with data: name that part when some of the frame has none.
+    area = "the frame" if nodata < 0.01 else "the area with data"
     ranked = sorted(_CLASS_WORDS, key=lambda k: -float(metrics[k]))  # sorted() is stable
     shown = [k for k in ranked if float(metrics[k]) >= 0.01]
     sentences: list[str] = []
     if shown:
         first = shown[:3]
         parts = [f"{_pct(float(metrics[k]))} {_CLASS_WORDS[k]}" for k in first]
-        parts[0] = (
-            f"about {_pct(float(metrics[first[0]]))} of the frame is {_CLASS_WORDS[first[0]]}"
-        )
+        parts[0] = f"about {_pct(float(metrics[first[0]]))} of {area} is {_CLASS_WORDS[first[0]]}"
         sentences.append(head + _join(parts) + ".")
         if len(shown) > 3:
             rest = shown[3]
             sentences.append(f"A further {_pct(float(metrics[rest]))} is {_CLASS_WORDS[rest]}.")
     else:
-        sentences.append(head + "no land-cover class covers even 1 % of the frame.")
-    other = 1.0 - sum(float(metrics[k]) for k in _CLASS_WORDS) - cloud - nodata
+        sentences.append(head + f"no land-cover class covers even 1 % of {area}.")
+    other = 1.0 - sum(float(metrics[k]) for k in _CLASS_WORDS) - cloud
     if other >= 0.05:
         sentences.append(
             f"The remaining {_pct(other)} fits no class (shadows, very dark or strongly "
@@ -478,13 +517,13 @@ def summarize(metrics: dict[str, Any]) -> str:
     elif cloud >= 0.1:
         sentences.append(f"Clouds or snow cover {_pct(cloud)}, so part of the ground is hidden.")
     elif cloud >= 0.01:
-        sentences.append(f"Clouds or snow cover {_pct(cloud)} of the frame.")
+        sentences.append(f"Clouds or snow cover {_pct(cloud)} of {area}.")
     else:
         sentences.append("The frame is essentially free of cloud.")
     if nodata >= 0.01:
         sentences.append(
-            f"{_pct(nodata)} of the frame has no data (transparent or black), probably outside "
-            "the layer's coverage."
+            f"{_pct(nodata)} of the frame has no data (outside the layer's coverage, transparent "
+            "or black) and is left out of these figures."
         )
     brightness = float(metrics["mean_brightness"])
     sentences.append(
@@ -530,7 +569,9 @@ _MASK_PALETTE: Final[NDArray[np.uint8]] = np.array(
 
 
 def _compare(
-    before_rgba: NDArray[np.uint8], after_rgba: NDArray[np.uint8]
+    before_rgba: NDArray[np.uint8],
+    after_rgba: NDArray[np.uint8],
+    valid: ValidMask | None = None,
 ) -> tuple[dict[str, Any], NDArray[np.uint8]]:
     """Change metrics and the change mask as (H, W) indices into `_MASK_PALETTE`."""
     before = _as_rgba(before_rgba)
@@ -541,16 +582,18 @@ def _compare(
             (width, height), Image.Resampling.BILINEAR
         )
         after = np.asarray(resized, dtype=np.uint8)
+    before = apply_valid(before, valid)
+    after = apply_valid(after, valid)
     scan_before = _scan(before)
     scan_after = _scan(after)
     cb = scan_before.classes.ravel()
     ca = scan_after.classes.ravel()
-    valid = (cb > CLOUD) & (ca > CLOUD)  # NODATA and CLOUD are the two lowest codes
+    clear = (cb > CLOUD) & (ca > CLOUD)  # NODATA and CLOUD are the two lowest codes
 
     # A class flip needs a real colour difference too: small shifts across a threshold are noise.
     flat_b = np.ascontiguousarray(before).reshape(-1, 4)
     flat_a = np.ascontiguousarray(after).reshape(-1, 4)
-    changed = valid & (cb != ca)
+    changed = clear & (cb != ca)
     dim = np.empty(cb.size, dtype=np.uint8)
     for start in range(0, cb.size, _CHUNK_PIXELS):
         stop = start + _CHUNK_PIXELS
@@ -560,7 +603,7 @@ def _compare(
         changed[start:stop] &= diff >= CHANGE_MIN_RGB_DIFF
         dim[start:stop] = _dimmed_grey(pa)
 
-    n_valid = int(np.count_nonzero(valid))
+    n_valid = int(np.count_nonzero(clear))
     n_changed = int(np.count_nonzero(changed))
 
     def share(count: int) -> float:
@@ -584,7 +627,7 @@ def _compare(
         "gains": gains,
         "losses": losses,
     }
-    mask = _change_mask_indices(dim, (height, width), cb, ca, valid, changed)
+    mask = _change_mask_indices(dim, (height, width), cb, ca, clear, changed)
     return metrics, mask.reshape(height, width)
 
 
@@ -628,18 +671,26 @@ def _change_mask_indices(
 
 
 def compare(
-    before_rgba: NDArray[np.uint8], after_rgba: NDArray[np.uint8]
+    before_rgba: NDArray[np.uint8],
+    after_rgba: NDArray[np.uint8],
+    valid: ValidMask | None = None,
 ) -> tuple[dict[str, Any], NDArray[np.uint8]]:
-    """Change metrics between two images and an (H, W, 3) change mask (see CHANGE_MASK_LEGEND)."""
-    metrics, index = _compare(before_rgba, after_rgba)
+    """Change metrics between two images and an (H, W, 3) change mask (see CHANGE_MASK_LEGEND).
+
+    `valid` ((H, W) bool, the before image's size) marks the pixels that count; the others are
+    no data in both images.
+    """
+    metrics, index = _compare(before_rgba, after_rgba, valid)
     return metrics, _MASK_PALETTE[index]
 
 
 def compare_png(
-    before_rgba: NDArray[np.uint8], after_rgba: NDArray[np.uint8]
+    before_rgba: NDArray[np.uint8],
+    after_rgba: NDArray[np.uint8],
+    valid: ValidMask | None = None,
 ) -> tuple[dict[str, Any], bytes]:
     """`compare()`, with the change mask already encoded as a compact palette PNG."""
-    metrics, index = _compare(before_rgba, after_rgba)
+    metrics, index = _compare(before_rgba, after_rgba, valid)
     height, width = index.shape
     image = Image.frombytes("P", (width, height), index.tobytes())
     image.putpalette(_MASK_PALETTE.tobytes())
@@ -662,12 +713,15 @@ def summarize_change(metrics: dict[str, Any]) -> str:
         head + f"{_pct(changed)} of the pixels that are clear in both images changed class."
     ]
     before, after = metrics["before"], metrics["after"]
+    # Class shares are of the pixels with data (see _metrics).
+    nodata = max(float(before["nodata_fraction"]), float(after["nodata_fraction"]))
+    area = "the frame" if nodata < 0.01 else "the area with data"
     moves: list[str] = []
     for key, word in _CLASS_WORDS.items():
         was, now = float(before[key]), float(after[key])
         if abs(now - was) >= 0.01:
             verb = "rose" if now > was else "fell"
-            moves.append(f"{word} {verb} from {_pct(was)} to {_pct(now)} of the frame")
+            moves.append(f"{word} {verb} from {_pct(was)} to {_pct(now)} of {area}")
     if moves:
         text = _join(moves)
         sentences.append(text[0].upper() + text[1:] + ".")

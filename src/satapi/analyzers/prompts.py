@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Final
 
-from satapi.analyzers.base import AnalysisTask, ImageInput
+from satapi.analyzers.base import AnalysisTask, DataWindow, ImageInput
 
 SINGLE_IMAGE_SYSTEM_PROMPT: Final = """\
 You are an analyst of satellite and aerial imagery. You are given one image taken from above, \
@@ -119,7 +119,29 @@ def describe_context(image: ImageInput, *, include_date: bool = True) -> list[st
         lines.append(f"CRS: {image.crs}")
     if include_date and image.time:
         lines.append(f"Date: {image.time}")
+    window = image.data_window
+    if window is not None and not window.is_whole:
+        lines.append(describe_coverage(window))
     return lines
+
+
+def describe_coverage(window: DataWindow) -> str:
+    """Which part of the image lies inside the layer's extent (the rest holds no data)."""
+    sides = []
+    if window.top > 0:
+        sides.append("top")
+    if window.bottom < 1:
+        sides.append("bottom")
+    if window.left > 0:
+        sides.append("left")
+    if window.right < 1:
+        sides.append("right")
+    edge = " and ".join(sides)
+    return (
+        f"Coverage: only {round(window.fraction * 100)} % of the image lies inside the layer's "
+        f"extent; the part along the {edge} edge is outside it and holds no data (blank or "
+        "background fill), so describe only the covered part."
+    )
 
 
 def single_image_text(image: ImageInput, question: str | None) -> str:

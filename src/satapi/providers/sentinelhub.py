@@ -309,7 +309,10 @@ class _Refused(Exception):
 class OAuthTokens:
     """One provider's access token: client credentials, cached and shared through a `TokenCache`.
 
-    The cache key names the token endpoint and the client id (a hash: no credential in a key).
+    The cache key is a digest of the token endpoint, the client id and the client secret (no
+    credential in a key): entries or replicas with different secrets never share a token, so
+    a wrong secret is refused by the token endpoint at once (`provider_auth`) instead of riding
+    on a token another entry fetched with the right one.
     """
 
     def __init__(
@@ -337,7 +340,8 @@ class OAuthTokens:
         self._timeout_s = timeout_s
         self._observer: Observer = observer if observer is not None else NullObserver()
         self._secrets = [*secrets, self._secret.get_secret_value(), self._client_id]
-        digest = hashlib.sha256(f"{self._token_url}\0{self._client_id}".encode()).hexdigest()
+        credentials = f"{self._token_url}\0{self._client_id}\0{self._secret.get_secret_value()}"
+        digest = hashlib.sha256(credentials.encode()).hexdigest()
         self.key = f"satapi:oauth-token:{digest[:32]}"
         self.issued = 0  # token requests that got a token (for tests and metrics)
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from satapi.analysis import Analyzed
-from satapi.analyzers.base import Analyzer
+from satapi.analyzers.base import Analyzer, DataWindow
 from satapi.deps import AnalysisDep, ImagesDep, SelectorDep
 from satapi.errors import SatapiError
 from satapi.imagery import FetchedImage, ImageService, for_side
@@ -43,6 +43,7 @@ class PairPlan:
 
     targets: dict[str, FetchTarget]
     plans: dict[str, Plan] = field(default_factory=dict)
+    windows: dict[str, DataWindow | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,6 +58,7 @@ async def plan_pair(images: ImageService, selector: Selector, body: ComparisonRe
     """Validate both sides before anything is downloaded (the `clearest` windows of both
     are planned concurrently)."""
     targets = pair_targets(images, body)
+    windows = await pair_windows(images, body)
     work: dict[str, Awaitable[Plan]] = {}
     for side in SIDES:
         chosen = body.before if side == "before" else body.after
@@ -64,7 +66,27 @@ async def plan_pair(images: ImageService, selector: Selector, body: ComparisonRe
             provider = images.client.provider(body.provider or images.default_provider)
             request = body.getmap(provider.layer, layer=chosen.layer)
             work[side] = selector.plan(body.provider, request, chosen.clearest.spec())
-    return PairPlan(targets=targets, plans=await for_sides(work))
+    return PairPlan(targets=targets, plans=await for_sides(work), windows=windows)
+
+
+async def pair_windows(
+    images: ImageService, body: ComparisonRequest
+) -> dict[str, DataWindow | None]:
+    """Check both sides against their layer's capabilities (layer, CRS, time, extent) before
+    anything is downloaded; an error names its side. Old clients' URLs are not checked."""
+    windows: dict[str, DataWindow | None] = {}
+    if body.image1_url is not None and body.image2_url is not None:
+        return windows
+    provider = images.client.provider(body.provider or images.default_provider)
+    for side in SIDES:
+        chosen = body.before if side == "before" else body.after
+        assert chosen is not None
+        request = body.getmap(provider.layer, time=chosen.time, layer=chosen.layer)
+        try:
+            windows[side] = await images.check(body.provider, request)
+        except SatapiError as exc:
+            raise for_side(exc, side) from None
+    return windows
 
 
 async def fetch_pair(
@@ -87,7 +109,9 @@ async def fetch_pair(
                     data = selection[side].model_dump(mode="json")
                     emit(report, "selection", {"side": side, **data})
     stage = None if report is None else (lambda side, s: report({"stage": s, "side": side}))
-    pair = await images.fetch_all({side: targets[side] for side in SIDES}, on_stage=stage)
+    pair = await images.fetch_all(
+        {side: targets[side] for side in SIDES}, on_stage=stage, windows=plan.windows
+    )
     return Got(pair=pair, selection=selection)
 
 
@@ -165,9 +189,7 @@ def _timings(pair: Pair, started: float, analysis_s: float | None = None) -> Com
 
 
 def _metas(pair: Pair) -> dict[str, ImageMeta]:
-    return {
-        side: ImageMeta.from_record(pair[side].record, cached=pair[side].cached) for side in SIDES
-    }
+    return {side: ImageMeta.from_fetched(pair[side]) for side in SIDES}
 
 
 @router.post(

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path
 from fastapi.responses import Response, StreamingResponse
 
+from satapi.analyzers.base import DataWindow
 from satapi.deps import ImagesDep, SelectorDep, StoreDep
 from satapi.errors import NotFound
 from satapi.imagery import FetchedImage, ImageService
@@ -40,6 +41,16 @@ def target_for(images: ImageService, body: ImageRequest) -> FetchTarget:
     return images.target(body.provider, body.getmap(provider.layer, time=body.time))
 
 
+async def window_for(images: ImageService, body: ImageRequest) -> DataWindow | None:
+    """Check the request against its layer's capabilities (layer, CRS, time, extent) before
+    any GetMap; the part of the image that will hold data. An old client's `wms_url` is not
+    checked."""
+    if body.wms_url is not None:
+        return None
+    provider = images.client.provider(body.provider or images.default_provider)
+    return await images.check(body.provider, body.getmap(provider.layer, time=body.time))
+
+
 async def plan_for(selector: Selector, body: ImageRequest) -> Plan | None:
     """With `clearest`: the validated selection (candidate dates listed, nothing fetched)."""
     if body.clearest is None:
@@ -50,7 +61,7 @@ async def plan_for(selector: Selector, body: ImageRequest) -> Plan | None:
 
 def image_meta(fetched: FetchedImage) -> ImageMeta:
     """The public metadata of a fetched image."""
-    return ImageMeta.from_record(fetched.record, cached=fetched.cached)
+    return ImageMeta.from_fetched(fetched)
 
 
 @router.post(
@@ -66,14 +77,15 @@ async def fetch_image(
     scored for cloud and no-data first, and the clearest date is fetched (`selection` says how).
     """
     started = time.perf_counter()
+    target = target_for(images, body) if body.clearest is None else None
+    window = await window_for(images, body)
     plan = await plan_for(selector, body)
     selection = None
-    if plan is None:
-        target = target_for(images, body)
-    else:
+    if plan is not None:
         chosen = await selector.run(plan)
         target, selection = chosen.target, SelectionOut.of(chosen.selection)
-    fetched = await images.fetch(target)
+    assert target is not None
+    fetched = await images.fetch(target, data_window=window)
     return ImageResponse(
         image=image_meta(fetched),
         timings=ImageTimings(

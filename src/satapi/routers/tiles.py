@@ -9,8 +9,7 @@ from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import Response, StreamingResponse
 
 from satapi.deps import ImagesDep, ResourcesDep
-from satapi.errors import SatapiError
-from satapi.imagery import ImageService
+from satapi.layercheck import check_tile
 from satapi.models import LAYER_PATTERN, TIME_PATTERN
 from satapi.tiles import MAX_ZOOM, tile_plan, warp_rows
 
@@ -55,7 +54,8 @@ async def get_tile(
     """
     config = images.client.provider(provider)
     name = layer or config.layer
-    plan = tile_plan(z, x, y, layer=name, time=time, offered=await _offered(images, provider, name))
+    offered = await check_tile(images.client, provider, config, name, time)
+    plan = tile_plan(z, x, y, layer=name, time=time, offered=offered)
     fetched = await images.fetch(images.target(provider, plan.request))
     record = fetched.record
     # The id names the request; fetched_at tells a re-download of undated imagery apart.
@@ -75,12 +75,3 @@ async def get_tile(
     return StreamingResponse(
         images.store.iter_bytes(record), media_type=record.content_type, headers=headers
     )
-
-
-async def _offered(images: ImageService, provider: str, layer: str) -> list[str] | None:
-    """The CRSs the layer's capabilities list (cached), or None when they cannot be read."""
-    try:
-        layers = await images.client.layers(provider)
-    except SatapiError:
-        return None
-    return next((info.crs for info in layers if info.name == layer), None)

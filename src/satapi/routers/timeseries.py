@@ -98,6 +98,7 @@ async def clearest_series(
     windows = period_windows(body.start, body.end, body.clearest_per, limit=limit)
     provider = images.client.provider(body.provider or images.default_provider)
     images.target(body.provider, body.getmap(provider.layer))  # 422 before any network
+    area = await images.check(body.provider, body.getmap(provider.layer))
     picked = await asyncio.gather(*(_choose(selector, body, w) for w in windows))
     points: dict[str, TimeseriesPoint] = {}
     chosen: dict[str, Chosen] = {}
@@ -109,7 +110,9 @@ async def clearest_series(
             points[start] = TimeseriesPoint(time=start, error=result.message, code=result.code)
         else:
             chosen[start] = result
-    fetched = await images.fetch_each({start: c.target for start, c in chosen.items()})
+    fetched = await images.fetch_each(
+        {start: c.target for start, c in chosen.items()}, data_window=area
+    )
     ok = {t: f for t, f in fetched.items() if isinstance(f, FetchedImage)}
     measured = await asyncio.gather(*(_measure(analysis, f) for f in ok.values()))
     metrics_of = dict(zip(ok, measured, strict=True))
@@ -124,7 +127,7 @@ async def clearest_series(
         if isinstance(outcome, SatapiError):
             picked_point.error, picked_point.code = outcome.message, outcome.code
         elif isinstance(image, FetchedImage) and isinstance(outcome, dict):
-            picked_point.image = ImageMeta.from_record(image.record, cached=image.cached)
+            picked_point.image = ImageMeta.from_fetched(image)
             picked_point.metrics = outcome
         points[start] = picked_point
     ordered = [points[w.split("/")[0]] for w in windows]
@@ -143,7 +146,8 @@ async def build_series(
         t: images.target(body.provider, body.getmap(provider.layer, time=t)) for t in times
     }
     points: dict[str, TimeseriesPoint] = {}
-    offered = await _layer_times(images, provider_name, layer)
+    window = await images.check(body.provider, body.getmap(provider.layer))
+    offered = await _layer_times(images, provider_name, layer) if provider.check_time else None
     if offered is not None:
         for t in times:
             if not time_available(offered, t):
@@ -153,7 +157,7 @@ async def build_series(
                     code="time_not_available",
                 )
                 del targets[t]
-    fetched = await images.fetch_each(targets)
+    fetched = await images.fetch_each(targets, data_window=window)
     ok = {t: f for t, f in fetched.items() if isinstance(f, FetchedImage)}
     measured = await asyncio.gather(*(_measure(analysis, f) for f in ok.values()))
     for t, result in fetched.items():
@@ -163,9 +167,7 @@ async def build_series(
         if isinstance(metrics, SatapiError):
             points[t] = TimeseriesPoint(time=t, error=metrics.message, code=metrics.code)
         else:
-            points[t] = TimeseriesPoint(
-                time=t, image=ImageMeta.from_record(f.record, cached=f.cached), metrics=metrics
-            )
+            points[t] = TimeseriesPoint(time=t, image=ImageMeta.from_fetched(f), metrics=metrics)
     ordered = [points[t] for t in times]
     return TimeseriesResponse(partial=any(p.error for p in ordered), points=ordered)
 

@@ -13,7 +13,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import ValidationError
 
 from satapi.analysis import Analyzed
-from satapi.analyzers.base import Analyzer
+from satapi.analyzers.base import Analyzer, DataWindow
 from satapi.deps import AnalysisDep, ImagesDep, SelectorDep
 from satapi.imagery import FetchedImage, ImageService
 from satapi.models import (
@@ -25,7 +25,7 @@ from satapi.models import (
     VisionRequest,
 )
 from satapi.models import VisionResponse as VisionResponseModel
-from satapi.routers.images import plan_for, target_for
+from satapi.routers.images import plan_for, target_for, window_for
 from satapi.routers.streaming import AnalysisSteps, Report, analysis_events, emit
 from satapi.selection import Plan, Selector
 from satapi.wms_client import FetchTarget
@@ -41,6 +41,7 @@ class VisionJob:
     plan: Plan | None
     analyzer: Analyzer
     prompt: str | None
+    window: DataWindow | None = None  # where the image holds data (layer's extent)
 
 
 @dataclass
@@ -56,12 +57,14 @@ async def _job(
 ) -> VisionJob:
     target = target_for(images, body) if body.clearest is None else None
     analyzer = analysis.choose(body.analyzer)  # before the plan reads any capabilities
+    window = await window_for(images, body)
     plan = await plan_for(selector, body)
     return VisionJob(
         target=target,
         plan=plan,
         analyzer=analyzer,
         prompt=body.prompt,
+        window=window,
     )
 
 
@@ -145,12 +148,13 @@ async def fetch_job(
     on_stage = None if report is None else (lambda stage: report({"stage": stage}))
     if job.plan is None:
         assert job.target is not None
-        return Got(await images.fetch(job.target, on_stage=on_stage))
+        return Got(await images.fetch(job.target, on_stage=on_stage, data_window=job.window))
     chosen = await selector.run(job.plan, report)
     selection = SelectionOut.of(chosen.selection)
     if report is not None:
         emit(report, "selection", selection.model_dump(mode="json"))
-    return Got(await images.fetch(chosen.target, on_stage=on_stage), selection)
+    fetched = await images.fetch(chosen.target, on_stage=on_stage, data_window=job.window)
+    return Got(fetched, selection)
 
 
 def vision_response(got: Got, analyzed: Analyzed, started: float) -> VisionResponseModel:
@@ -158,7 +162,7 @@ def vision_response(got: Got, analyzed: Analyzed, started: float) -> VisionRespo
     fetched = got.fetched
     return VisionResponseModel(
         analysis_id=analyzed.analysis_id,
-        image=ImageMeta.from_record(fetched.record, cached=fetched.cached),
+        image=ImageMeta.from_fetched(fetched),
         analysis=AnalysisOut(**analyzed.as_dict()),
         timings=AnalysisTimings(
             queue_wait_s=round(fetched.queue_wait_s, 4),
@@ -197,9 +201,7 @@ def _stream(
     started = time.perf_counter()
     steps: AnalysisSteps[Got] = AnalysisSteps(
         fetch=lambda report: fetch_job(job, images, selector, report),
-        image_events=lambda g: [
-            ImageMeta.from_record(g.fetched.record, cached=g.fetched.cached).model_dump(mode="json")
-        ],
+        image_events=lambda g: [ImageMeta.from_fetched(g.fetched).model_dump(mode="json")],
         cached=lambda g: g.fetched.cached,
         analyze=lambda g: analysis.stream(job.analyzer, [("image", g.fetched)], job.prompt),
         answer=lambda g, a: vision_response(g, a, started).model_dump(mode="json"),
