@@ -12,9 +12,13 @@ import os
 import signal
 import sys
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from satapi import __version__
 from satapi.client import commands
+
+if TYPE_CHECKING:
+    from satapi.config import Settings
 
 log = logging.getLogger("satapi")
 
@@ -52,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
         " (default: the shutdown_delay_s setting, 0)",
     )
     sub.add_parser("check-config", help="validate the settings and print them (secrets hidden)")
+    worker = sub.add_parser("worker", help="run jobs from the Redis queue (needs redis_url)")
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="jobs run at once (default: the worker_concurrency setting, 4)",
+    )
     commands.add_commands(sub)
     return parser
 
@@ -84,6 +95,8 @@ def _server_command(args: argparse.Namespace) -> int:
         print(settings.model_dump_json(indent=2))
         return 0
     setup_logging(settings.log_format, settings.log_level, settings.secrets)
+    if args.command == "worker":
+        return _worker(settings, args.concurrency)
     if args.shutdown_delay is not None:
         # The app (built by uvicorn's factory, in each worker) reads its settings from here.
         os.environ["SATAPI_SHUTDOWN_DELAY_S"] = str(args.shutdown_delay)
@@ -125,6 +138,18 @@ def _server_command(args: argparse.Namespace) -> int:
         proxy_headers=False,
         server_header=False,
     )
+    return 0
+
+
+def _worker(settings: Settings, concurrency: int | None) -> int:
+    import asyncio
+
+    from satapi.jobs.worker import run_worker
+
+    if settings.redis_url is None:
+        print("satapi: `satapi worker` needs redis_url (SATAPI_REDIS_URL)", file=sys.stderr)
+        return 2
+    asyncio.run(run_worker(settings, concurrency=concurrency))
     return 0
 
 
