@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -82,6 +83,11 @@ async def test_timeseries_job_result_equals_the_route(
     sync = await client.post("/api/timeseries", json=SERIES)
     assert sync.status_code == 200
     assert comparable(final["result"]) == comparable(sync.json())
+    metrics = (await client.get("/metrics")).text
+    assert 'satapi_jobs_total{kind="timeseries",state="queued"} 1.0' in metrics
+    assert 'satapi_jobs_total{kind="timeseries",state="succeeded"} 1.0' in metrics
+    assert 'satapi_job_duration_seconds_count{kind="timeseries",state="succeeded"} 1.0' in metrics
+    assert "satapi_jobs_queued 0.0" in metrics
 
 
 async def test_analyze_and_compare_jobs_equal_their_routes(
@@ -165,7 +171,11 @@ async def test_bad_submissions_get_the_routes_errors(
 
 
 async def test_unknown_job_ids_are_404(client: httpx.AsyncClient) -> None:
-    for url in ("/api/jobs/0123456789abcdef0123456789abcdef", "/api/jobs/..%2e..%2eetc", "/api/jobs/not-a-job"):
+    for url in (
+        "/api/jobs/0123456789abcdef0123456789abcdef",
+        "/api/jobs/..%2e..%2eetc",
+        "/api/jobs/not-a-job",
+    ):
         for method in ("GET", "DELETE"):
             response = await client.request(method, url)
             assert response.status_code == 404, (method, url, response.text)
@@ -198,11 +208,8 @@ async def test_events_then_result_also_for_a_finished_job(
     assert again[1][1] == live[-1][1]
 
 
-async def test_cancel_stops_the_downloads(
-    client: httpx.AsyncClient, wms: respx.MockRouter
-) -> None:
+async def test_cancel_stops_the_downloads(client: httpx.AsyncClient, wms: respx.MockRouter) -> None:
     many = {**BASE, "times": [f"2024-{m:02d}-01" for m in range(1, 13)]}
-    client.app.state.resources  # type: ignore[attr-defined]
     asked = answer_getmap(wms, delay_s=1.0)
     settings = client.app.state.settings  # type: ignore[attr-defined]
     assert settings.max_concurrent_wms >= 12
@@ -234,9 +241,6 @@ async def test_a_job_interrupted_by_a_restart_is_failed_at_start_up(
     jobs_dir = settings.data_dir / "jobs"
     jobs_dir.mkdir(parents=True)
     stale = JobRecord(id="ab" * 16, kind="timeseries", params=SERIES, state="running")
-    stale.owner = "somewhere-else-but-here:1"
-    import socket
-
     stale.owner = f"{socket.gethostname()}:999999"
     data = {**stale.to_json(), "_expires": time.time() + 3600}
     (jobs_dir / f"{stale.id}.json").write_text(json.dumps(data))

@@ -206,6 +206,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_webhook_fires_once(fleet: F
         return again is not None and again["attempts"] >= 2
 
     took = wait(taken_over, 30, "taken over by the other worker")
+    print(f"taken over after {took:.1f} s")
     # heartbeat (3 s) + sweep (1 s) + saq's 5 s wait for an abort, with room for a slow CI.
     assert took < 20, took
     survivor = next(w for w in fleet.workers if w is not victim)

@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="jobs run at once (default: the worker_concurrency setting, 4)",
     )
+    worker.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
+    )
     commands.add_commands(sub)
     return parser
 
@@ -96,7 +99,7 @@ def _server_command(args: argparse.Namespace) -> int:
         return 0
     setup_logging(settings.log_format, settings.log_level, settings.secrets)
     if args.command == "worker":
-        return _worker(settings, args.concurrency)
+        return _worker(settings, args.concurrency, args.metrics_port)
     if args.shutdown_delay is not None:
         # The app (built by uvicorn's factory, in each worker) reads its settings from here.
         os.environ["SATAPI_SHUTDOWN_DELAY_S"] = str(args.shutdown_delay)
@@ -141,7 +144,7 @@ def _server_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker(settings: Settings, concurrency: int | None) -> int:
+def _worker(settings: Settings, concurrency: int | None, metrics_port: int | None) -> int:
     import asyncio
 
     from satapi.jobs.worker import run_worker
@@ -149,7 +152,7 @@ def _worker(settings: Settings, concurrency: int | None) -> int:
     if settings.redis_url is None:
         print("satapi: `satapi worker` needs redis_url (SATAPI_REDIS_URL)", file=sys.stderr)
         return 2
-    asyncio.run(run_worker(settings, concurrency=concurrency))
+    asyncio.run(run_worker(settings, concurrency=concurrency, metrics_port=metrics_port))
     return 0
 
 

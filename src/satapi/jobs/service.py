@@ -22,11 +22,12 @@ from satapi.jobs.queue import InProcessJobs, JobQueue, RedisJobQueue
 from satapi.jobs.runner import JobRunner, this_process
 from satapi.jobs.stores import open_job_store
 from satapi.jobs.webhook import WebhookPolicy, WebhookSender, make_webhook_client
-from satapi.observability.events import JobFinished, JobSubmitted, Observer
+from satapi.observability.events import JobFinished, JobQueueSampled, JobSubmitted, Observer
 
 log = logging.getLogger("satapi.jobs")
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
+QUEUE_SAMPLE_S = 5.0
 
 
 class JobService:
@@ -105,6 +106,14 @@ class JobService:
             task.add_done_callback(self._background.discard)
         return record
 
+    async def sample_queue(self, every_s: float = QUEUE_SAMPLE_S) -> None:
+        """Report the queue's length every `every_s` (for metrics), until cancelled."""
+        while True:
+            length = await self.queue.length()
+            if length is not None:
+                self._observer.observe(JobQueueSampled(length=length))
+            await asyncio.sleep(every_s)
+
     async def close(self) -> None:
         """Wait for webhooks being sent."""
         if self._background:
@@ -147,9 +156,12 @@ async def open_jobs(
         kinds=KINDS,
         observer=observer,
     )
+    sampler = asyncio.create_task(service.sample_queue())
     try:
         yield service
     finally:
+        sampler.cancel()
+        await asyncio.wait({sampler})
         await queue.close()
         await service.close()
         await http.aclose()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+
+from prometheus_client import start_http_server
 from saq import Worker
 from saq.types import Context, PartialTimersDict
 
@@ -15,15 +17,22 @@ from satapi.jobs.stores import open_job_store
 from satapi.jobs.webhook import WebhookPolicy, WebhookSender, make_webhook_client
 from satapi.observability.events import Observers
 from satapi.observability.logs import LogObserver
+from satapi.observability.metrics import Metrics
 
 log = logging.getLogger("satapi.jobs")
 
 
-async def run_worker(settings: Settings, *, concurrency: int | None = None) -> None:
+async def run_worker(
+    settings: Settings, *, concurrency: int | None = None, metrics_port: int | None = None
+) -> None:
     """Take jobs from the queue until SIGTERM or SIGINT (saq stops taking new ones; a job
-    cut short is run again by another worker)."""
+    cut short is run again by another worker). With `metrics_port`, Prometheus metrics
+    (jobs, downloads, analyses) are served at http://0.0.0.0:<port>/metrics."""
     assert settings.redis_url is not None
-    observer = Observers([LogObserver(), ProgressObserver()])
+    metrics = Metrics(multiprocess_dir=settings.prometheus_multiproc_dir)
+    if metrics_port is not None:
+        start_http_server(metrics_port, registry=metrics.registry)
+    observer = Observers([metrics, LogObserver(), ProgressObserver()])
     store = open_job_store(settings)
     policy = WebhookPolicy(settings.webhook_allowed_hosts)
     http = make_webhook_client(policy, timeout_s=settings.webhook_timeout_s)

@@ -188,6 +188,13 @@ class JobFinished(Event):
     duration_s: float | None = None
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobQueueSampled(Event):
+    """How many jobs wait in the queue for a worker (sampled by the API processes)."""
+
+    length: int
+
+
 def download_outcome(exc: BaseException) -> str:
     """The download outcome label for an exception raised while downloading."""
     if isinstance(exc, WMSServiceException):
