@@ -1,4 +1,5 @@
-"""The `satapi` command: `satapi serve [--host --port --workers --reload]`, `check-config`, and
+"""The `satapi` command: `satapi serve [--host --port --workers --reload]`, `worker` (jobs from
+Redis), `check-config`, `jobs submit|show|watch|cancel`, and
 the client commands `image`, `analyze`, `compare`, `timeseries` (see `satapi.client.commands`).
 
 The server's modules are imported only by the server's commands: a client command starts fast
@@ -15,7 +16,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from satapi import __version__
-from satapi.client import commands
+from satapi.client import commands, job_commands
 
 if TYPE_CHECKING:
     from satapi.config import Settings
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
     )
     commands.add_commands(sub)
+    job_commands.add_commands(sub)
     return parser
 
 
@@ -79,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "client_command", None):
         return commands.run(args)
+    if getattr(args, "jobs_command", None):
+        return job_commands.run(args)
     return _server_command(args)
 
 

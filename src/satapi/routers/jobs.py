@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from satapi.jobs.kinds import KINDS
 from satapi.jobs.model import JobKind, JobRecord
 from satapi.jobs.service import JobService
+from satapi.models import JobAccepted, JobOut
 from satapi.routers.streaming import EventStream
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -62,7 +63,8 @@ class JobIn(BaseModel):
     "",
     status_code=202,
     summary="Submit a job",
-    responses={202: {"description": "Accepted; `Location` is the job's URL."}},
+    response_model=None,
+    responses={202: {"model": JobAccepted, "description": "Accepted; `Location` is its URL."}},
 )
 async def submit_job(body: JobIn, jobs: JobsDep) -> JSONResponse:
     """Check `params` as the route would (the same 4xx now, not later), then queue the job.
@@ -85,14 +87,24 @@ async def submit_job(body: JobIn, jobs: JobsDep) -> JSONResponse:
     return JSONResponse({"job": job}, status_code=202, headers={"Location": job["url"]})
 
 
-@router.get("/{job_id}", summary="A job's state, progress and result")
+@router.get(
+    "/{job_id}",
+    summary="A job's state, progress and result",
+    response_model=None,
+    responses={200: {"model": JobOut, "description": "The job."}},
+)
 async def get_job(job_id: JobId, jobs: JobsDep) -> dict[str, Any]:
     """`state` (queued, running, succeeded, failed, cancelled), `progress` {done, total},
     `result` (the route's answer) or `error` (its error envelope), and the timestamps."""
     return (await jobs.get(job_id)).public()
 
 
-@router.delete("/{job_id}", summary="Cancel a job")
+@router.delete(
+    "/{job_id}",
+    summary="Cancel a job",
+    response_model=None,
+    responses={200: {"model": JobOut, "description": "The job, cancelled (or as it ended)."}},
+)
 async def cancel_job(job_id: JobId, jobs: JobsDep) -> dict[str, Any]:
     """Cancel the job: `cancelled` at once, its downloads stop within a second or so. A job
     already finished is returned unchanged."""
