@@ -8,16 +8,18 @@ import json
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import respx
+from asgi_lifespan import LifespanManager
 
+from satapi.app import create_app
 from satapi.config import Settings
 from satapi.jobs.model import JobRecord
 from tests.conftest import WMS_URL, png_bytes
+from tests.support.job_processes import WebhookReceiver
 
 BASE: dict[str, Any] = {"bbox": [10.0, 45.0, 14.0, 47.0], "width": 32, "height": 16}
 SERIES: dict[str, Any] = {**BASE, "times": ["2024-01-01", "2024-02-01", "2024-03-01"]}
@@ -232,26 +234,31 @@ async def test_cancel_stops_the_downloads(client: httpx.AsyncClient, wms: respx.
 
 
 async def test_a_job_interrupted_by_a_restart_is_failed_at_start_up(
-    settings: Settings, wms: respx.MockRouter, tmp_path: Path
+    make_settings: Callable[..., Settings],
 ) -> None:
-    from asgi_lifespan import LifespanManager
-
-    from satapi.app import create_app
-
-    jobs_dir = settings.data_dir / "jobs"
-    jobs_dir.mkdir(parents=True)
-    stale = JobRecord(id="ab" * 16, kind="timeseries", params=SERIES, state="running")
-    stale.owner = f"{socket.gethostname()}:999999"
-    data = {**stale.to_json(), "_expires": time.time() + 3600}
-    (jobs_dir / f"{stale.id}.json").write_text(json.dumps(data))
-    app = create_app(settings)
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://satapi.test"
-        ) as c,
-    ):
-        job = (await c.get(f"/api/jobs/{stale.id}")).json()
+    with WebhookReceiver() as hook:
+        settings = make_settings(webhook_allowed_hosts=[hook.origin])
+        jobs_dir = settings.data_dir / "jobs"
+        jobs_dir.mkdir(parents=True)
+        # Left `running` by a process of this host that is gone (kill -9).
+        stale = JobRecord(id="ab" * 16, kind="timeseries", params=SERIES, state="running")
+        stale.owner = f"{socket.gethostname()}:999999"
+        stale.webhook_url, stale.webhook_secret = hook.url, "s"
+        data = {**stale.to_json(), "_expires": time.time() + 3600}
+        (jobs_dir / f"{stale.id}.json").write_text(json.dumps(data))
+        app = create_app(settings)
+        async with (
+            LifespanManager(app) as manager,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=manager.app), base_url="http://satapi.test"
+            ) as c,
+        ):
+            job = (await c.get(f"/api/jobs/{stale.id}")).json()
+            for _ in range(100):
+                if hook.calls:
+                    break
+                await asyncio.sleep(0.05)
     assert job["state"] == "failed"
     assert job["error"]["code"] == "interrupted"
     assert job["finished_at"] is not None
+    assert [body["error"]["code"] for body in hook.bodies()] == ["interrupted"]

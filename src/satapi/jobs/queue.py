@@ -12,7 +12,7 @@ from typing import Protocol
 
 from saq import Queue
 
-from satapi.errors import JobInterrupted, SatapiError
+from satapi.errors import BackendUnavailable, JobInterrupted
 from satapi.jobs.model import JobRecord, JobStore
 from satapi.jobs.runner import JobRunner, error_envelope
 
@@ -72,8 +72,8 @@ class RedisJobQueue:
                 retries=self._attempts,
             )
         except Exception as exc:  # redis-py's errors, or saq's own on a broken connection
-            raise SatapiError(
-                f"The job queue (Redis) is unavailable: {type(exc).__name__}."
+            raise BackendUnavailable(
+                f"The job queue (Redis) is unavailable: {type(exc).__name__}.", backend="redis"
             ) from None
 
     async def length(self) -> int | None:
@@ -113,13 +113,15 @@ class InProcessJobs:
         return 0
 
     async def recover(self) -> int:
-        """Mark jobs whose process is gone `failed`/`interrupted`; how many were."""
+        """Mark jobs whose process is gone `failed`/`interrupted` (and send their webhooks in
+        the background); how many were."""
         count = 0
         for record in await self._store.unfinished():
             if record.owner is not None and _alive(record.owner):
                 continue
             if await _interrupt(self._store, record):
                 count += 1
+                await self.submit(record)  # a run of a final job only sends its webhook
         if count:
             log.warning("%d job(s) interrupted by a restart marked failed", count)
         return count

@@ -49,7 +49,23 @@ class WebhookIn(BaseModel):
 class JobIn(BaseModel):
     """A job: which route's work, that route's body, and an optional webhook."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "kind": "timeseries",
+                    "params": {
+                        "bbox": [10, 45, 12, 46],
+                        "start": "2024-01-01",
+                        "end": "2024-12-01",
+                        "step": "P1M",
+                    },
+                    "webhook": {"url": "https://hooks.example.com/satapi", "secret": "s3cret"},
+                }
+            ]
+        },
+    )
 
     kind: JobKind = Field(
         description="timeseries (POST /api/timeseries), analyze "
