@@ -13,13 +13,13 @@ from typing import Any
 import httpx
 import pytest
 import respx
-from asgi_lifespan import LifespanManager
 
-from satapi.app import create_app
 from satapi.config import Settings
 from satapi.jobs.model import JobRecord
+from satapi.jobs.stores import open_job_store
 from tests.conftest import WMS_URL, png_bytes
-from tests.support.job_processes import WebhookReceiver
+from tests.support.job_processes import WebhookReceiver, comparable
+from tests.test_images_api import _app_client
 
 BASE: dict[str, Any] = {"bbox": [10.0, 45.0, 14.0, 47.0], "width": 32, "height": 16}
 SERIES: dict[str, Any] = {**BASE, "times": ["2024-01-01", "2024-02-01", "2024-03-01"]}
@@ -57,15 +57,6 @@ async def wait_final(client: httpx.AsyncClient, url: str, timeout: float = 20) -
             return job
         await asyncio.sleep(0.05)
     raise AssertionError(f"job not final in {timeout} s: {job}")
-
-
-def comparable(answer: Any) -> Any:
-    """The answer without what differs between two runs: timings and `cached` flags."""
-    if isinstance(answer, dict):
-        return {k: comparable(v) for k, v in answer.items() if k not in ("timings", "cached")}
-    if isinstance(answer, list):
-        return [comparable(v) for v in answer]
-    return answer
 
 
 async def test_timeseries_job_result_equals_the_route(
@@ -233,26 +224,24 @@ async def test_cancel_stops_the_downloads(client: httpx.AsyncClient, wms: respx.
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.parametrize("backend", ["files", "redis"])
 async def test_a_job_interrupted_by_a_restart_is_failed_at_start_up(
-    make_settings: Callable[..., Settings],
+    make_settings: Callable[..., Settings], request: pytest.FixtureRequest, backend: str
 ) -> None:
     with WebhookReceiver() as hook:
-        settings = make_settings(webhook_allowed_hosts=[hook.origin])
-        jobs_dir = settings.data_dir / "jobs"
-        jobs_dir.mkdir(parents=True)
+        extra: dict[str, Any] = {}
+        if backend == "redis":  # in-process jobs, records in Redis
+            extra = {"redis_url": request.getfixturevalue("redis_server").url}
+            extra["jobs_in_process"] = True
+        settings = make_settings(webhook_allowed_hosts=[hook.origin], **extra)
         # Left `running` by a process of this host that is gone (kill -9).
         stale = JobRecord(id="ab" * 16, kind="timeseries", params=SERIES, state="running")
         stale.owner = f"{socket.gethostname()}:999999"
         stale.webhook_url, stale.webhook_secret = hook.url, "s"
-        data = {**stale.to_json(), "_expires": time.time() + 3600}
-        (jobs_dir / f"{stale.id}.json").write_text(json.dumps(data))
-        app = create_app(settings)
-        async with (
-            LifespanManager(app) as manager,
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=manager.app), base_url="http://satapi.test"
-            ) as c,
-        ):
+        store = open_job_store(settings)
+        await store.put(stale)
+        await store.close()
+        async with _app_client(settings) as c:
             job = (await c.get(f"/api/jobs/{stale.id}")).json()
             for _ in range(100):
                 if hook.calls:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.support.fault_upstream import FaultUpstream, SatapiProcess
-from tests.support.job_processes import WebhookReceiver, WorkerProcess, job_record
+from tests.support.job_processes import WebhookReceiver, WorkerProcess, comparable, job_record
 from tests.support.redis_server import RedisServer
 
 SECRET = "whsec-test"
@@ -114,15 +114,6 @@ def wait(predicate: Any, timeout: float, what: str) -> float:
             return time.monotonic() - started
         time.sleep(0.05)
     raise AssertionError(f"not {what} within {timeout} s")
-
-
-def comparable(answer: Any) -> Any:
-    """The answer without what differs between two runs: timings and `cached` flags."""
-    if isinstance(answer, dict):
-        return {k: comparable(v) for k, v in answer.items() if k not in ("timings", "cached")}
-    if isinstance(answer, list):
-        return [comparable(v) for v in answer]
-    return answer
 
 
 def verify(headers: dict[str, str], body: bytes) -> bool:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -20,18 +18,8 @@ class WorkerProcess(SatapiProcess):
 
     def start(self, ready_timeout: float = 30.0) -> Self:
         """Spawn the worker and wait until it logs that it is ready."""
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("SATAPI_") and k not in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
-        }
-        env.update({"SATAPI_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1"})
-        env.update(self._env)
-        self._log = self.log_path.open("ab")
-        argv = [sys.executable, "-m", "satapi", "worker", *self.args]
-        self.proc = subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log
-        )
+        self._spawn([sys.executable, "-m", "satapi", "worker", *self.args])
+        assert self.proc is not None
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -106,3 +94,12 @@ def job_record(redis: RedisServer, job_id: str) -> dict[str, Any] | None:
     payload = raw.split(b"\r\n", 1)[1].rsplit(b"\r\n", 1)[0]
     data: dict[str, Any] = json.loads(payload)
     return data
+
+
+def comparable(answer: Any) -> Any:
+    """A route's answer without what differs between two runs: timings and `cached` flags."""
+    if isinstance(answer, dict):
+        return {k: comparable(v) for k, v in answer.items() if k not in ("timings", "cached")}
+    if isinstance(answer, list):
+        return [comparable(v) for v in answer]
+    return answer

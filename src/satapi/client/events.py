@@ -132,10 +132,14 @@ def _typed(name: str, data: Any, event_id: str | None, result_model: type[R]) ->
         return DeltaEvent(str(data["text"]), event_id)
     if name == "result":
         return ResultEvent(result_model.model_validate(data), event_id)
+    return _error_event(data, event_id, "The stream failed.")
+
+
+def _error_event(data: dict[str, Any], event_id: str | None, default: str) -> ErrorEvent:
     retry = data.get("retry_after")
     return ErrorEvent(
         code=str(data.get("code") or "error"),
-        error=str(data.get("error") or "The stream failed."),
+        error=str(data.get("error") or default),
         retry_after=float(retry) if isinstance(retry, int | float) else None,
         data=data,
         event_id=event_id,
@@ -179,12 +183,5 @@ def parse_job_event(name: str, raw: str, event_id: str | None) -> JobEvent:
     if name == "result":
         return JobResultEvent(data, event_id)
     if name == "error":
-        retry = data.get("retry_after")
-        return ErrorEvent(
-            code=str(data.get("code") or "error"),
-            error=str(data.get("error") or "The job failed."),
-            retry_after=float(retry) if isinstance(retry, int | float) else None,
-            data=data,
-            event_id=event_id,
-        )
+        return _error_event(data, event_id, "The job failed.")
     return UnknownEvent(name, data, event_id)

@@ -78,8 +78,20 @@ class RedisJobStore:
         return bool(claimed)
 
     async def unfinished(self) -> list[JobRecord]:
-        """Not used with Redis: workers recover each other's jobs through the queue."""
-        return []
+        """Every record that is not final (in-process jobs with Redis; workers recover each
+        other's jobs through the queue instead)."""
+        out = []
+        try:
+            async for key in self._redis.scan_iter(match=PREFIX + "*", count=500):
+                name = key.decode() if isinstance(key, bytes) else key
+                if name.endswith(":webhook"):
+                    continue
+                record = await self.get(name.removeprefix(PREFIX))
+                if record is not None and not record.final:
+                    out.append(record)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        return out
 
     async def close(self) -> None:
         """Close the connection pool."""
