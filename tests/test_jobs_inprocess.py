@@ -251,3 +251,17 @@ async def test_a_job_interrupted_by_a_restart_is_failed_at_start_up(
     assert job["error"]["code"] == "interrupted"
     assert job["finished_at"] is not None
     assert [body["error"]["code"] for body in hook.bodies()] == ["interrupted"]
+
+
+async def test_a_shutdown_marks_its_running_jobs_interrupted(
+    settings: Settings, wms: respx.MockRouter
+) -> None:
+    asked = answer_getmap(wms, delay_s=5.0)
+    async with _app_client(settings, wms=wms) as c:
+        job = (await c.post("/api/jobs", json={"kind": "timeseries", "params": SERIES})).json()
+        while not asked:
+            await asyncio.sleep(0.02)
+    store = open_job_store(settings)
+    record = await store.get(job["job"]["id"])
+    assert record is not None and record.state == "failed"
+    assert record.error is not None and record.error["code"] == "interrupted"

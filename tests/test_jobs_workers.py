@@ -231,3 +231,20 @@ def test_refused_webhooks_and_unknown_ids(fleet: Fleet) -> None:
     for method in ("GET", "DELETE"):
         response = httpx.request(method, f"{fleet.api.url}/api/jobs/{'0' * 32}", timeout=10)
         assert response.status_code == 404 and response.json()["code"] == "job_not_found"
+
+
+def test_a_worker_stopped_with_sigterm_hands_its_job_to_another(fleet: Fleet) -> None:
+    job = post_job(fleet, {**BASE, "layer": "ok:0.5", "times": dates(6)})
+    wait(lambda: get_job(fleet, job["id"])["progress"]["done"] >= 2, 30, "2 dates done")
+    record = job_record(fleet.redis, job["id"])
+    assert record is not None
+    pid = int(record["owner"].rsplit(":", 1)[1])
+    victim = next(w for w in fleet.workers if w.proc is not None and w.proc.pid == pid)
+    assert victim.stop() == 0  # SIGTERM: a clean exit
+    took = wait(lambda: (job_record(fleet.redis, job["id"]) or {}).get("attempts", 0) >= 2, 15, "")
+    assert took < 5, took  # back in the queue at once, no sweep needed
+    wait(lambda: get_job(fleet, job["id"])["state"] != "running", 60, "finished")
+    assert get_job(fleet, job["id"])["state"] == "succeeded"
+    wait(lambda: fleet.hook.calls, 15, "webhook delivered")
+    time.sleep(1.0)
+    assert len(fleet.hook.calls) == 1
