@@ -5,21 +5,20 @@ running jobs in-process."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
-from satapi.app import create_app
 from satapi.cli import main
 from satapi.client.api import SatapiClient
 from satapi.client.errors import NotFoundError
 from satapi.client.events import JobProgressEvent, JobResultEvent
 from satapi.models import TimeseriesRequest
-from tests.support.mapserver import MapServerWMS
-from tests.test_client import mapserver_settings
-from tests.test_vision_sse import ThreadedServer
+from tests import test_client
 
 pytestmark = pytest.mark.mapserver
+
+# The client tests' satapi under uvicorn over the MapServer: without Redis it runs jobs itself.
+served = test_client.served
 
 SERIES = {
     "bbox": [10, 45, 12, 46],
@@ -27,17 +26,6 @@ SERIES = {
     "height": 50,
     "times": ["2024-01-01", "2024-06-01"],
 }
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, mapserver_wms: MapServerWMS) -> Iterator[str]:
-    """satapi with in-process jobs under uvicorn; yields its URL."""
-    settings = mapserver_settings(tmp_path_factory.mktemp("jobs-served"), mapserver_wms)
-    server = ThreadedServer(create_app(settings), "satapi-jobs-test", lifespan="on").start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 async def test_client_submits_follows_and_waits(served: str) -> None:
