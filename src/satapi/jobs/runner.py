@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from satapi.app_state import Resources
-from satapi.errors import SatapiError
+from satapi.errors import BackendUnavailable, SatapiError
 from satapi.jobs.kinds import Kind
 from satapi.jobs.model import JobRecord, JobStore
 from satapi.jobs.webhook import WebhookSender
@@ -171,7 +171,7 @@ class JobRunner:
                 return False
             try:
                 if heartbeat is not None:
-                    await heartbeat()
+                    await _beat(heartbeat)
                 stored = await self._store.get(record.id)
                 still_open = stored is not None and not stored.final
                 if still_open and record.done != saved:
@@ -188,3 +188,13 @@ class JobRunner:
 
     async def _reread(self, record: JobRecord) -> JobRecord:
         return await self._store.get(record.id) or record
+
+
+async def _beat(heartbeat: Callable[[], Awaitable[None]]) -> None:
+    """The queue's heartbeat; a Redis blip is reported as `BackendUnavailable`, not raised
+    through the job (missing a beat or two costs nothing within `job_heartbeat_s`)."""
+    try:
+        await heartbeat()
+    except Exception as exc:
+        message = f"The queue's heartbeat failed: {type(exc).__name__}."
+        raise BackendUnavailable(message, backend="redis") from exc
