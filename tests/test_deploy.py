@@ -96,3 +96,17 @@ def test_nginx_balances_over_both_replicas(compose: dict[str, Any]) -> None:
     assert "proxy_buffering off" in conf  # SSE events pass at once
     assert set(lb["depends_on"]) == set(REPLICAS)
     assert conf.count("{") == conf.count("}")
+
+
+def test_the_job_workers_share_the_replicas_settings(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    worker, replica = services["worker"], services["satapi-a"]
+    assert worker["command"] == ["satapi", "worker"]
+    assert worker["environment"] == replica["environment"]  # the same Redis, store and caps
+    assert worker["depends_on"] == replica["depends_on"]
+    assert worker["healthcheck"] == {"disable": True}
+    assert worker["deploy"]["replicas"] >= 2
+    assert "--appendonly" in services["redis"]["command"]
+    assert services["redis"]["command"][services["redis"]["command"].index("--appendonly") + 1] == (
+        "yes"
+    )

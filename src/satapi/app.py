@@ -21,6 +21,8 @@ from satapi.app_state import Resources
 from satapi.config import Settings, load_settings
 from satapi.cpu import CpuRunner, limit_malloc_arenas
 from satapi.imagery import ImageService
+from satapi.jobs.runner import ProgressObserver
+from satapi.jobs.service import open_jobs
 from satapi.limits import SlotLimiter, make_ai_limiter, open_coordination
 from satapi.models import LAYER_CHECK_EXAMPLES, ErrorResponse
 from satapi.observability.events import (
@@ -41,6 +43,7 @@ from satapi.routers import (
     comparison,
     health,
     images,
+    jobs,
     providers,
     tiles,
     timeseries,
@@ -261,7 +264,7 @@ def create_app(
     settings = settings or load_settings()
     shutdown = shutdown if shutdown is not None else process_shutdown
     metrics = Metrics(multiprocess_dir=settings.prometheus_multiproc_dir)
-    observer = Observers([metrics, LogObserver()])
+    observer = Observers([metrics, LogObserver(), ProgressObserver()])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -271,8 +274,10 @@ def create_app(
         async with (
             open_resources(settings, observer=observer, http_transport=http_transport) as resources,
             lag_sampler(lambda lag_s: observer.observe(LoopLagSampled(lag_s=lag_s))),
+            open_jobs(settings, resources, observer) as job_service,
         ):
             app.state.resources = resources
+            app.state.jobs = job_service
             metrics.watch(
                 resources.limiter, resources.store, resources.images, ai=resources.ai_limiter
             )
@@ -315,7 +320,7 @@ def create_app(
     install_viewer(app)  # the map page at /
     app.include_router(metrics_router)
     app.include_router(health.router)
-    for api in (providers, images, vision, comparison, timeseries, analyses, tiles):
+    for api in (providers, images, vision, comparison, timeseries, analyses, tiles, jobs):
         app.include_router(api.router, responses=ERROR_RESPONSES)
     # Added first, so innermost: CORS (when set) answers preflights before the key check.
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
@@ -323,7 +328,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "ETag", "Retry-After"],
         )

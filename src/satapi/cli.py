@@ -1,4 +1,5 @@
-"""The `satapi` command: `satapi serve [--host --port --workers --reload]`, `check-config`, and
+"""The `satapi` command: `satapi serve [--host --port --workers --reload]`, `worker` (jobs from
+Redis), `check-config`, `jobs submit|show|watch|cancel`, and
 the client commands `image`, `analyze`, `compare`, `timeseries` (see `satapi.client.commands`).
 
 The server's modules are imported only by the server's commands: a client command starts fast
@@ -12,9 +13,13 @@ import os
 import signal
 import sys
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from satapi import __version__
-from satapi.client import commands
+from satapi.client import commands, job_commands
+
+if TYPE_CHECKING:
+    from satapi.config import Settings
 
 log = logging.getLogger("satapi")
 
@@ -52,7 +57,18 @@ def _parser() -> argparse.ArgumentParser:
         " (default: the shutdown_delay_s setting, 0)",
     )
     sub.add_parser("check-config", help="validate the settings and print them (secrets hidden)")
+    worker = sub.add_parser("worker", help="run jobs from the Redis queue (needs redis_url)")
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="jobs run at once (default: the worker_concurrency setting, 4)",
+    )
+    worker.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
+    )
     commands.add_commands(sub)
+    job_commands.add_commands(sub)
     return parser
 
 
@@ -65,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "client_command", None):
         return commands.run(args)
+    if getattr(args, "jobs_command", None):
+        return job_commands.run(args)
     return _server_command(args)
 
 
@@ -84,6 +102,8 @@ def _server_command(args: argparse.Namespace) -> int:
         print(settings.model_dump_json(indent=2))
         return 0
     setup_logging(settings.log_format, settings.log_level, settings.secrets)
+    if args.command == "worker":
+        return _worker(settings, args.concurrency, args.metrics_port)
     if args.shutdown_delay is not None:
         # The app (built by uvicorn's factory, in each worker) reads its settings from here.
         os.environ["SATAPI_SHUTDOWN_DELAY_S"] = str(args.shutdown_delay)
@@ -125,6 +145,18 @@ def _server_command(args: argparse.Namespace) -> int:
         proxy_headers=False,
         server_header=False,
     )
+    return 0
+
+
+def _worker(settings: Settings, concurrency: int | None, metrics_port: int | None) -> int:
+    import asyncio
+
+    from satapi.jobs.worker import run_worker
+
+    if settings.redis_url is None:
+        print("satapi: `satapi worker` needs redis_url (SATAPI_REDIS_URL)", file=sys.stderr)
+        return 2
+    asyncio.run(run_worker(settings, concurrency=concurrency, metrics_port=metrics_port))
     return 0
 
 

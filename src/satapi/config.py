@@ -313,6 +313,44 @@ class Settings(BaseSettings):
 
     max_timeseries_dates: int = Field(default=24, ge=1, le=1000)
 
+    # --- jobs: long work submitted to POST /api/jobs (see docs/jobs.md) ---------------------------
+    jobs_in_process: bool | None = Field(
+        default=None,
+        description="true: `satapi serve` runs jobs itself; false: only `satapi worker` "
+        "processes do (needs redis_url). Unset: in-process without redis_url, workers with it.",
+    )
+    job_ttl_s: float = Field(
+        default=86400.0, ge=60, description="How long a job and its result are kept."
+    )
+    job_heartbeat_s: int = Field(
+        default=10,
+        ge=2,
+        le=300,
+        description="A running job's worker touches it this often over; a job untouched for "
+        "longer is taken over by another worker (at most about heartbeat + sweep + 5 s).",
+    )
+    job_sweep_s: int = Field(
+        default=5, ge=1, le=300, description="How often workers look for jobs of dead workers."
+    )
+    job_poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often a running job saves its progress and checks for a cancel.",
+    )
+    job_attempts: int = Field(
+        default=5, ge=1, le=100, description="Runs of one job at most (a dead worker's included)."
+    )
+    worker_concurrency: int = Field(
+        default=4, ge=1, le=1000, description="Jobs one `satapi worker` runs at once."
+    )
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="host[:port] (or scheme://host:port) entries a job's webhook may go to.",
+    )
+    webhook_attempts: int = Field(default=5, ge=1, le=20)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
+
     # Clearest date (issue 13): candidate previews and the in-memory selection cache.
     preview_px: int = Field(
         default=256, ge=16, le=2048, description="Long edge of a candidate's preview, in pixels."
@@ -399,7 +437,9 @@ class Settings(BaseSettings):
     # Seconds between SIGTERM and closing the listener, during which /readyz answers 503.
     shutdown_delay_s: float = Field(default=0.0, ge=0, le=600)
 
-    @field_validator("allowed_hosts", "cors_origins", "api_keys", mode="before")
+    @field_validator(
+        "allowed_hosts", "cors_origins", "api_keys", "webhook_allowed_hosts", mode="before"
+    )
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split_commas(value)
@@ -450,7 +490,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
-    @field_validator("allowed_hosts")
+    @field_validator("allowed_hosts", "webhook_allowed_hosts")
     @classmethod
     def _check_hosts(cls, value: list[str]) -> list[str]:
         for item in value:
@@ -486,6 +526,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"provider {name!r} needs both client_id and client_secret")
             kept[name] = p
         return kept
+
+    @model_validator(mode="after")
+    def _check_job_runner(self) -> Settings:
+        if self.jobs_in_process is False and self.redis_url is None:
+            raise ValueError("jobs_in_process = false needs redis_url (workers take jobs there)")
+        return self
+
+    @property
+    def runs_jobs_in_process(self) -> bool:
+        """True when `satapi serve` runs the jobs it accepts itself."""
+        return self.jobs_in_process if self.jobs_in_process is not None else self.redis_url is None
 
     @model_validator(mode="after")
     def _check_default_provider(self) -> Settings:

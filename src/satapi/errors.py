@@ -114,6 +114,24 @@ class NotFound(SatapiError):
     code = "not_found"
 
 
+class JobNotFound(NotFound):
+    """A job id that is unknown, or whose record expired (`job_ttl_s`)."""
+
+    code = "job_not_found"
+
+
+class JobInterrupted(SatapiError):
+    """The process running a job stopped before the job finished (in-process jobs)."""
+
+    code = "interrupted"
+
+
+class WebhookNotAllowed(InvalidRequest):
+    """A job's webhook URL is not under `webhook_allowed_hosts` (or not a plain http(s) URL)."""
+
+    code = "webhook_not_allowed"
+
+
 class Unauthorized(SatapiError):
     """Missing or wrong API key."""
 

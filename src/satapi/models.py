@@ -711,3 +711,41 @@ class TimeseriesResponse(BaseModel):
     success: Literal[True] = True
     partial: bool = Field(description="True when at least one date failed.")
     points: list[TimeseriesPoint]
+
+
+class JobProgress(BaseModel):
+    """How far a job is: steps (images settled) done of the total."""
+
+    done: int
+    total: int
+
+
+class JobOut(BaseModel):
+    """A job as GET /api/jobs/{id} shows it (and its webhook sends)."""
+
+    id: str = Field(description="32 lower-case hex.")
+    kind: Literal["timeseries", "analyze", "compare"]
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: JobProgress
+    result: dict[str, Any] | None = Field(
+        default=None, description="With `succeeded`: exactly what the route answers."
+    )
+    error: dict[str, Any] | None = Field(
+        default=None, description="With `failed`: the error envelope the route would answer."
+    )
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    url: str = Field(description="This job: GET it, DELETE it to cancel.")
+    events_url: str = Field(description="Its Server-Sent Events stream.")
+
+    @property
+    def final(self) -> bool:
+        """True once it succeeded, failed or was cancelled."""
+        return self.state in ("succeeded", "failed", "cancelled")
+
+
+class JobAccepted(BaseModel):
+    """The 202 answer of POST /api/jobs."""
+
+    job: JobOut

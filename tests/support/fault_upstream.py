@@ -675,24 +675,14 @@ class SatapiProcess:
 
     def start(self, ready_timeout: float = 30.0) -> Self:
         """Spawn the server and wait until /healthz answers."""
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("SATAPI_")
-            and k not in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "PROMETHEUS_MULTIPROC_DIR")
-        }
-        env.update({"SATAPI_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1"})
-        env.update(self._env)
-        self._log = self.log_path.open("ab")
         argv = [sys.executable, "-m", "satapi", "serve", "--host", "127.0.0.1"]
         argv += ["--port", str(self.port), "--graceful-timeout", str(self.graceful_timeout)]
         argv += self.args
         if self._wrap is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             argv = self._wrap(argv)
-        self.proc = subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log
-        )
+        self._spawn(argv)
+        assert self.proc is not None
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -703,6 +693,22 @@ class SatapiProcess:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"satapi did not become ready in {ready_timeout} s:\n{self.log()}")
+
+    def _spawn(self, argv: list[str]) -> None:
+        """Start `argv` with this process's TOML and env (no inherited SATAPI_ settings), its
+        output appended to `log_path`."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("SATAPI_")
+            and k not in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "PROMETHEUS_MULTIPROC_DIR")
+        }
+        env.update({"SATAPI_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1"})
+        env.update(self._env)
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log
+        )
 
     def healthy(self) -> bool:
         """True when GET /healthz answers 200 now."""

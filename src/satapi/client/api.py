@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import quote
 
 import httpx2
@@ -21,6 +22,7 @@ from satapi.client.errors import (
     ServerError,
     error_from_envelope,
 )
+from satapi.client.events import JobEvent, parse_job_event
 from satapi.client.streams import AnalysisStream
 from satapi.models import (
     ComparisonAnalyzeRequest,
@@ -30,6 +32,8 @@ from satapi.models import (
     HealthResponse,
     ImageRequest,
     ImageResponse,
+    JobAccepted,
+    JobOut,
     LayerOut,
     LayersResponse,
     ProviderInfo,
@@ -199,6 +203,73 @@ class SatapiClient:
         params = {k: v for k, v in {"layer": layer, "time": time}.items() if v}
         path = f"/api/tiles/{quote(provider, safe='')}/{z}/{x}/{y}.png"
         return (await self._request("GET", path, params=params)).content
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    async def submit_job(
+        self,
+        kind: Literal["timeseries", "analyze", "compare"],
+        params: BaseModel | dict[str, Any],
+        *,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+    ) -> JobOut:
+        """Submit a job (POST /api/jobs): `params` is the body of the kind's route
+        (`TimeseriesRequest`, `VisionRequest`, `ComparisonAnalyzeRequest` or a dict)."""
+        body: dict[str, Any] = {
+            "kind": kind,
+            "params": _dump(params) if isinstance(params, BaseModel) else params,
+        }
+        if webhook_url is not None:
+            body["webhook"] = {"url": webhook_url, "secret": webhook_secret or ""}
+        response = await self._request("POST", "/api/jobs", json=body)
+        return _parse(response, JobAccepted).job
+
+    async def job(self, job_id: str) -> JobOut:
+        """The job's state, progress and result: GET /api/jobs/{id}."""
+        return await self._get_model(f"/api/jobs/{quote(job_id, safe='')}", JobOut)
+
+    async def cancel_job(self, job_id: str) -> JobOut:
+        """Cancel the job: DELETE /api/jobs/{id}."""
+        response = await self._request("DELETE", f"/api/jobs/{quote(job_id, safe='')}")
+        return _parse(response, JobOut)
+
+    async def wait(
+        self, job_id: str, *, poll_s: float = 1.0, timeout_s: float | None = None
+    ) -> JobOut:
+        """Poll the job until it succeeded, failed or was cancelled, and return it.
+
+        `TimeoutError` when `timeout_s` passes first.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            job = await self.job(job_id)
+            if job.final:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {job.state} after {timeout_s} s")
+            await _sleep(poll_s)
+
+    async def job_events(self, job_id: str) -> AsyncIterator[JobEvent]:
+        """The job's event stream: `JobProgressEvent`s, then a `JobResultEvent` or an
+        `ErrorEvent` (code `cancelled` for a cancelled job), then it ends."""
+        path = f"/api/jobs/{quote(job_id, safe='')}/events"
+        headers = {**self._headers, "Accept": "text/event-stream", "Cache-Control": "no-store"}
+        request = self._http.build_request("GET", self.base_url + path, headers=headers)
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx2.TransportError as exc:
+            raise _connection_error(exc, self.base_url) from exc
+        try:
+            if not response.is_success:
+                await response.aread()
+                raise _error(response)
+            async for sse in httpx2.EventSource(response):
+                yield parse_job_event(sse.event, sse.data, sse.id or None)
+        except httpx2.TransportError as exc:
+            raise _connection_error(exc, self.base_url) from exc
+        finally:
+            await response.aclose()
 
     # -- plumbing ---------------------------------------------------------------------------
 

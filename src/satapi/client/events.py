@@ -132,11 +132,56 @@ def _typed(name: str, data: Any, event_id: str | None, result_model: type[R]) ->
         return DeltaEvent(str(data["text"]), event_id)
     if name == "result":
         return ResultEvent(result_model.model_validate(data), event_id)
+    return _error_event(data, event_id, "The stream failed.")
+
+
+def _error_event(data: dict[str, Any], event_id: str | None, default: str) -> ErrorEvent:
     retry = data.get("retry_after")
     return ErrorEvent(
         code=str(data.get("code") or "error"),
-        error=str(data.get("error") or "The stream failed."),
+        error=str(data.get("error") or default),
         retry_after=float(retry) if isinstance(retry, int | float) else None,
         data=data,
         event_id=event_id,
     )
+
+
+@dataclass(frozen=True)
+class JobProgressEvent:
+    """A job's state and progress (`done` of `total` steps)."""
+
+    state: str
+    done: int
+    total: int
+    event_id: str | None = None
+
+
+@dataclass(frozen=True)
+class JobResultEvent:
+    """The finished job's result: the body its route answers (a dict; validate it with the
+    route's response model if you want one)."""
+
+    result: dict[str, Any]
+    event_id: str | None = None
+
+
+JobEvent = JobProgressEvent | JobResultEvent | ErrorEvent | UnknownEvent
+
+
+def parse_job_event(name: str, raw: str, event_id: str | None) -> JobEvent:
+    """The typed event for one SSE event of a job's stream."""
+    try:
+        data = json.loads(raw) if raw else None
+    except json.JSONDecodeError:
+        return UnknownEvent(name, raw, event_id)
+    if not isinstance(data, dict):
+        return UnknownEvent(name, data, event_id)
+    if name == "progress":
+        return JobProgressEvent(
+            str(data.get("state")), int(data.get("done", 0)), int(data.get("total", 0)), event_id
+        )
+    if name == "result":
+        return JobResultEvent(data, event_id)
+    if name == "error":
+        return _error_event(data, event_id, "The job failed.")
+    return UnknownEvent(name, data, event_id)

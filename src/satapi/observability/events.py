@@ -169,6 +169,32 @@ class TokenRequested(Event):
     error: str | None = None
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobSubmitted(Event):
+    """A job was accepted (202) by POST /api/jobs."""
+
+    kind: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobFinished(Event):
+    """A job's run reached a final `state` (succeeded, failed) after `duration_s` of work.
+
+    A cancel is reported by the process that accepted it (`state` cancelled, no duration).
+    """
+
+    kind: str
+    state: str
+    duration_s: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobQueueSampled(Event):
+    """How many jobs wait in the queue for a worker (sampled by the API processes)."""
+
+    length: int
+
+
 def download_outcome(exc: BaseException) -> str:
     """The download outcome label for an exception raised while downloading."""
     if isinstance(exc, WMSServiceException):

@@ -12,6 +12,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -25,6 +26,9 @@ from satapi.observability.events import (
     AnalysisFinished,
     DownloadSettled,
     Event,
+    JobFinished,
+    JobQueueSampled,
+    JobSubmitted,
     LoopLagSampled,
     RedisCallFailed,
     RequestFinished,
@@ -40,6 +44,7 @@ QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 ANALYSIS_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 SELECTION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+JOB_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Outcomes of an image request that involved a download of its own (not a hit or a share).
 TRANSFER_OUTCOMES = frozenset({"ok", "wms_exception", "timeout", "error", "cancelled"})
@@ -355,6 +360,25 @@ class Metrics:
             buckets=SELECTION_BUCKETS,
             registry=r,
         )
+        self.jobs = Counter(
+            "satapi_jobs",
+            "Jobs by kind and state: accepted (queued), then how they ended.",
+            ["kind", "state"],
+            registry=r,
+        )
+        self.job_duration = Histogram(
+            "satapi_job_duration_seconds",
+            "Time from a job's start to its end (the last run), by kind and final state.",
+            ["kind", "state"],
+            buckets=JOB_BUCKETS,
+            registry=r,
+        )
+        self.jobs_queued = Gauge(
+            "satapi_jobs_queued",
+            "Jobs waiting in the queue for a worker (sampled every few seconds).",
+            registry=r,
+            multiprocess_mode="max",
+        )
 
     # -- scrape-time sources ---------------------------------------------------------------------
 
@@ -431,6 +455,14 @@ class Metrics:
                     self.ai_input_tokens.labels(analyzer, model_label).inc(event.input_tokens)
                 if event.output_tokens:
                     self.ai_output_tokens.labels(analyzer, model_label).inc(event.output_tokens)
+            case JobSubmitted(kind=kind):
+                self.jobs.labels(kind, "queued").inc()
+            case JobFinished(kind=kind, state=state):
+                self.jobs.labels(kind, state).inc()
+                if event.duration_s is not None:
+                    self.job_duration.labels(kind, state).observe(event.duration_s)
+            case JobQueueSampled(length=length):
+                self.jobs_queued.set(length)
             case SelectionFinished(provider=provider, outcome=outcome):
                 self.selections.labels(provider, outcome).inc()
                 if outcome == "cached":
