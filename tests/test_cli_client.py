@@ -94,12 +94,17 @@ def test_timeseries_table_csv_and_file(
     env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     times = f"{EARLY},2024-03-01,{LATE}"
-    assert main(["timeseries", *AREA, "--times", times]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    # Some dates failed: the rows are printed, and the exit status (3) tells scripts.
+    assert main(["timeseries", *AREA, "--times", times]) == 3
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
     assert lines[0].split() == ["time", "vegetation", "water", "bare", "built", "cloud", "nodata"]
     assert lines[1].split()[:2] == [EARLY, "1.000"]
     assert lines[2].startswith("2024-03-01") and "time_not_available" in lines[2]
     assert lines[-1] == "(some dates failed)"
+    assert captured.err == "satapi: partial: 1 date failed (their rows say why)\n"
+    assert main(["timeseries", *AREA, "--times", times, "--csv"]) == 3
+    assert "time_not_available" in capsys.readouterr().out
 
     assert main(["timeseries", *AREA, "--times", f"{EARLY},{LATE}", "--csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
@@ -140,6 +145,14 @@ def test_flags_win_over_the_environment(
     assert main(["image", *AREA, "--url", served]) == 1
     assert capsys.readouterr().err.startswith("satapi: unauthorized: An API key is required")
     assert main(["image", *AREA, "--url", served, "--api-key", KEY]) == 0
+    capsys.readouterr()
+    # Before the command too, as `git -C` or `docker -H` take theirs.
+    assert main(["--url", served, "--api-key", KEY, "image", *AREA]) == 0
+    assert "image/png" in capsys.readouterr().out
+    assert main(["--url", "http://127.0.0.1:9", "image", *AREA, "--url", served]) == 1
+    assert capsys.readouterr().err.startswith("satapi: unauthorized: ")  # the later one wins
+    assert main(["--url", served, "jobs", "show", "0" * 32, "--api-key", KEY]) == 1
+    assert capsys.readouterr().err.startswith("satapi: job_not_found: ")
 
 
 def test_console_script_help_and_a_real_run(served: str, tmp_path: Path) -> None:
@@ -188,6 +201,11 @@ def test_image_and_analyze_with_clearest(env: str, capsys: pytest.CaptureFixture
     assert main([*args, "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert answer["selection"]["chosen"] == answer["image"]["time"] == "2024-06-18"
+    # Streamed (stderr not a terminal here), the chosen date is still said, on stderr.
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("[clearest date 2024-06-18 of ")
+    assert captured.out.startswith("Heuristic pixel analysis")
     assert main([*args, "--max-cloud", "0.05"]) == 1
     assert capsys.readouterr().err.startswith("satapi: too_cloudy: Every candidate")
     with pytest.raises(SystemExit) as exited:  # argparse: --time and --clearest exclude
@@ -203,12 +221,60 @@ def test_compare_and_timeseries_with_clearest(env: str, capsys: pytest.CaptureFi
     assert answer["selection"]["before"]["chosen"] == "2024-06-18"
     assert answer["images"]["after"]["time"] == "2024-08-02"
     series = ["timeseries", *CLOUDY, "--start", "2024-04-01", "--end", "2024-06-30"]
-    assert main([*series, "--clearest-per", "P1M"]) == 0
+    assert main([*series, "--clearest-per", "P1M"]) == 3  # April has no date: partial
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["time", "chosen", "vegetation"]
     assert lines[1].startswith("2024-04-01") and "no_data" in lines[1]
     assert lines[2].split()[:2] == ["2024-05-01", "2024-05-19"]
     assert lines[3].split()[:2] == ["2024-06-01", "2024-06-18"]
-    assert main([*series, "--clearest-per", "P1M", "--csv"]) == 0
+    assert main([*series, "--clearest-per", "P1M", "--csv"]) == 3
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [r["chosen_time"] for r in rows] == ["", "2024-05-19", "2024-06-18"]
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`satapi check-config | head -0`: the reader is gone before satapi writes; no traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SATAPI_")}
+    env["SATAPI_DATA_DIR"] = str(tmp_path)
+    read, write = os.pipe()
+    os.close(read)  # the reader left before the first byte
+    try:
+        ran = subprocess.run(
+            [sys.executable, "-m", "satapi", "check-config"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    finally:
+        os.close(write)
+    assert ran.returncode == 1
+    assert ran.stderr == ""
+
+
+def test_check_config_shows_each_provider_only_its_own_fields(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SATAPI_")}
+    config = tmp_path / "satapi.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path}"\n'
+        '[providers.here]\nurl = "http://127.0.0.1:9/wms"\ndefault_layer = "scene"\n'
+        '[providers.hub]\nkind = "sentinelhub"\nurl = "https://hub.example"\n'
+        'token_url = "https://hub.example/token"\nclient_id = "id"\nclient_secret = "s3cr3t"\n'
+    )
+    env["SATAPI_CONFIG"] = str(config)
+    ran = subprocess.run(
+        [sys.executable, "-m", "satapi", "check-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert ran.returncode == 0, ran.stderr
+    providers = json.loads(ran.stdout)["providers"]
+    wms, hub = providers["here"], providers["hub"]
+    assert wms["default_layer"] == "scene" and wms["check_time"] is True
+    assert not {"token_url", "client_id", "client_secret", "evalscript", "collection"} & set(wms)
+    assert hub["token_url"] == "https://hub.example/token" and hub["client_secret"] != "s3cr3t"
+    assert not {"default_layer", "params", "secret_params", "version"} & set(hub)
+    assert "s3cr3t" not in ran.stdout

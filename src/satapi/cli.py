@@ -8,6 +8,7 @@ and does not read the server's settings."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="`satapi <command> --help` shows a command's options and examples.",
     )
     parser.add_argument("--version", action="version", version=f"satapi {__version__}")
+    commands.add_service_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP service (uvicorn)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -79,11 +81,21 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `satapi` console script."""
     args = _parser().parse_args(argv)
-    if getattr(args, "client_command", None):
-        return commands.run(args)
-    if getattr(args, "jobs_command", None):
-        return job_commands.run(args)
-    return _server_command(args)
+    try:
+        if getattr(args, "client_command", None):
+            status = commands.run(args)
+        elif getattr(args, "jobs_command", None):
+            status = job_commands.run(args)
+        else:
+            status = _server_command(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+        return status
+    except BrokenPipeError:
+        # The reader left (`satapi check-config | head`): end quietly, as `cat` does. stdout is
+        # pointed at /dev/null so the interpreter's own flush at exit finds no closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 def _server_command(args: argparse.Namespace) -> int:
@@ -99,7 +111,7 @@ def _server_command(args: argparse.Namespace) -> int:
         print(f"satapi: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
-        print(settings.model_dump_json(indent=2))
+        print(json.dumps(settings.shown(), indent=2))
         return 0
     setup_logging(settings.log_format, settings.log_level, settings.secrets)
     if args.command == "worker":

@@ -48,6 +48,21 @@ COPERNICUS_ATTRIBUTION = "Contains modified Copernicus Sentinel data"
 CREDENTIAL_BUILTINS = frozenset({"cdse", "sentinelhub"})
 
 
+# Fields one kind of provider has no use for: `check-config` leaves them out.
+WMS_ONLY = frozenset({"version", "default_layer", "params", "secret_params", "check_time"})
+SENTINELHUB_ONLY = frozenset(
+    {
+        "token_url",
+        "client_id",
+        "client_secret",
+        "collection",
+        "evalscript",
+        "max_cloud_coverage",
+        "mosaicking_order",
+    }
+)
+
+
 class ProviderConfig(BaseModel):
     """One imagery server the service fetches from: a WMS server, or a Sentinel Hub Process API."""
 
@@ -140,6 +155,12 @@ class ProviderConfig(BaseModel):
                     "(its layer is `collection`)"
                 )
         return self
+
+    def shown(self) -> dict[str, Any]:
+        """This provider's settings as `check-config` prints them: only the fields its kind
+        uses, secrets masked."""
+        other = SENTINELHUB_ONLY if self.kind == "wms" else WMS_ONLY
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in other}
 
     @property
     def layer(self) -> str:
@@ -566,6 +587,13 @@ class Settings(BaseSettings):
                 raise SettingsError(f"{CONFIG_ENV_VAR}: no such file: {config_path}")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    def shown(self) -> dict[str, Any]:
+        """The settings as `check-config` prints them: secrets masked, and each provider with
+        only the fields its kind uses."""
+        data = self.model_dump(mode="json")
+        data["providers"] = {name: p.shown() for name, p in self.providers.items()}
+        return data
 
     @property
     def secrets(self) -> list[str]:

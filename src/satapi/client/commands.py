@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import io
 import os
 import sys
 from collections.abc import Callable, Coroutine
@@ -24,6 +26,8 @@ from satapi.client.streams import AnalysisStream
 from satapi.models import TimeseriesResponse
 
 URL_ENV = "SATAPI_URL"
+# Exit status of `timeseries` when some dates failed: not 1 (the request failed), not 2 (usage).
+PARTIAL = 3
 KEY_ENV = "SATAPI_API_KEY"
 SERIES_COLUMNS = ["vegetation", "water", "bare", "built", "cloud", "nodata"]
 
@@ -51,7 +55,8 @@ EXAMPLES = {
 COMMON_EPILOG = f"""
 The service: --url (default ${URL_ENV}, else {DEFAULT_URL}); its API key: --api-key (default
 ${KEY_ENV}). A bbox with a negative first number needs --bbox=W,S,E,N (or --bbox W S E N).
-On failure one line "satapi: <code>: <what went wrong>" goes to stderr and the exit status is 1."""
+On failure one line "satapi: <code>: <what went wrong>" goes to stderr and the exit status is 1;
+a time series some of whose dates failed prints its rows, then exits with 3."""
 
 
 def add_commands(sub: Any) -> None:
@@ -65,9 +70,7 @@ def add_commands(sub: Any) -> None:
             epilog=EXAMPLES[name] + "\n" + COMMON_EPILOG,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        service = parser.add_argument_group("service")
-        service.add_argument("--url", help=f"satapi's base URL (${URL_ENV}, else {DEFAULT_URL})")
-        service.add_argument("--api-key", help=f"API key (${KEY_ENV})")
+        add_service_options(parser.add_argument_group("service"), after_command=True)
         area = parser.add_argument_group("image")
         area.add_argument(
             "--bbox",
@@ -119,6 +122,18 @@ def add_commands(sub: Any) -> None:
     series.add_argument("-o", "--output", type=Path, help="write the CSV to this file")
 
 
+def add_service_options(parser: Any, *, after_command: bool = False) -> None:
+    """`--url`/`--api-key`, accepted before the command (`satapi --url U image ...`) and after it.
+
+    After the command they default to "not given" (SUPPRESS), so the value given before it stays.
+    """
+    default = argparse.SUPPRESS if after_command else None
+    parser.add_argument(
+        "--url", default=default, help=f"satapi's base URL (${URL_ENV}, else {DEFAULT_URL})"
+    )
+    parser.add_argument("--api-key", default=default, help=f"API key (${KEY_ENV})")
+
+
 def _time_options(parser: argparse.ArgumentParser) -> None:
     when = parser.add_mutually_exclusive_group()
     when.add_argument("--time", help="ISO date sent as the WMS TIME")
@@ -168,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
     except SatapiError as exc:
         print(f"satapi: {exc.code}: {_one_line(exc.message)}", file=err)
         return 1
+    except BrokenPipeError:
+        raise  # stdout's reader left: `satapi.cli.main` ends quietly
     except OSError as exc:  # writing -o
         print(f"satapi: output: {exc.strerror or exc}: {exc.filename or ''}".rstrip(), file=err)
         return 1
@@ -293,14 +310,18 @@ async def _compare(
 
 
 def _narrate(event: Any) -> None:
-    """Stages go to stderr (when it is a terminal), so stdout carries only the text."""
+    """Stages go to stderr (when it is a terminal), so stdout carries only the text. The chosen
+    clearest date goes to stderr always: it says which image the text is about."""
+    if isinstance(event, SelectionEvent):
+        side = f"{event.side} " if event.side else ""
+        chosen = event.chosen or "none"
+        print(f"[{side}clearest date {chosen} of {len(event.candidates)}]", file=sys.stderr)
+        return
     if not sys.stderr.isatty():
         return
     if isinstance(event, StatusEvent):
         side = f" ({event.side})" if event.side else ""
         print(f"[{event.stage}{side}]", file=sys.stderr)
-    elif isinstance(event, SelectionEvent):
-        print(f"[chose {event.chosen}]", file=sys.stderr)
     elif isinstance(event, ImageEvent):
         side = f"{event.side} " if event.side else ""
         print(f"[{side}image {event.image.width}x{event.image.height}]", file=sys.stderr)
@@ -322,13 +343,23 @@ async def _timeseries(
             tmp.replace(args.output)
         else:
             out.write(text)
-        return 0
+        failed = sum(row.get("status") == "error" for row in csv.DictReader(io.StringIO(text)))
+        return _series_status(failed)
     series = await client.timeseries(**fields)
     if args.json:
         _print_json(series, out)
     else:
         _print_table(series, out)
-    return 0
+    return _series_status(sum(p.error is not None for p in series.points))
+
+
+def _series_status(failed: int) -> int:
+    """0 when every date has its figures; PARTIAL (one line on stderr) when some failed."""
+    if not failed:
+        return 0
+    dates = "date" if failed == 1 else "dates"
+    print(f"satapi: partial: {failed} {dates} failed (their rows say why)", file=sys.stderr)
+    return PARTIAL
 
 
 def _print_table(series: TimeseriesResponse, out: TextIO) -> None:

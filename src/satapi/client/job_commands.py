@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from satapi.client.api import SatapiClient
-from satapi.client.commands import KEY_ENV, URL_ENV, _one_line, _with_client
+from satapi.client.commands import (
+    KEY_ENV,
+    URL_ENV,
+    _one_line,
+    _with_client,
+    add_service_options,
+)
 from satapi.client.errors import SatapiError
 from satapi.client.events import ErrorEvent, JobProgressEvent, JobResultEvent
 from satapi.models import JobOut
@@ -39,8 +45,7 @@ def add_commands(sub: Any) -> None:
 
     def action(name: str, help_text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
-        parser.add_argument("--url", help=f"satapi's base URL (${URL_ENV})")
-        parser.add_argument("--api-key", help=f"API key (${KEY_ENV})")
+        add_service_options(parser, after_command=True)
         return parser
 
     submit = action("submit", "submit a job; prints its id")
