@@ -116,6 +116,9 @@ def test_map_page_end_to_end(service: tuple[str, Path]) -> None:
 
         # /api answers 401: the page asks for a key, then fills the pickers
         expect(page.locator("#key-form")).to_be_visible(timeout=15_000)
+        # the service's sentence, its `backticked` names shown as code, not as backticks
+        assert "`" not in (page.locator("#key-form p").text_content() or "")
+        assert page.locator("#key-form p code").count() >= 1
         page.fill("#api-key", KEY)
         page.click("#key-form button")
         expect(page.locator("#key-form")).to_be_hidden()
@@ -185,12 +188,40 @@ def test_map_page_end_to_end(service: tuple[str, Path]) -> None:
         page.screenshot(path=str(ARTIFACTS / "viewer.png"))
         assert not problems, problems  # no script error, no CSP violation, no failed load
 
-        # errors show the envelope's sentence
+        # the clearest date of a window: the status says which date was chosen
+        page.select_option("#layer", "cloudy")
+        page.check("#clearest-on")
+        page.fill("#clearest-start", "2024-05-01")
+        page.fill("#clearest-end", "2024-09-30")
+        page.click("#fetch")
+        expect(page.locator("#status")).to_contain_text("clearest date 2024-08-02", timeout=30_000)
+        expect(overlay).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "viewer-clearest.png"))
+        page.uncheck("#clearest-on")
+        page.select_option("#layer", "scene")
+
+        # errors: the sentence in the form's own words; the map stays where the user left it and
+        # the earlier results (overlay, text, chart) go, since they answer another question
+        page.click("#series")
+        expect(page.locator("#chart svg")).to_be_visible(timeout=30_000)
         page.fill("#west", "12")
         page.fill("#east", "11")
+        page.locator("#east").blur()
+        page.wait_for_timeout(600)  # typing a valid area on the way fits the map to it; then still
+        center = page.evaluate("(() => satapiViewer.map.getCenter())()")
         page.click("#fetch")
-        expect(page.locator("#error")).to_contain_text("minx < maxx", timeout=15_000)
+        expect(page.locator("#error")).to_contain_text("West must be less than East", timeout=15_000)
         expect(page.locator("#error")).to_contain_text("invalid_bbox")
+        assert "minx" not in (page.locator("#error").text_content() or "")
+        assert page.evaluate("(() => satapiViewer.map.getCenter())()") == center
+        expect(page.locator("#results")).to_be_hidden()
+        assert page.locator("img.satapi-overlay").count() == 0
+        # a server error (not caught in the page) shows its sentence too
+        page.fill("#west", "10.1")
+        page.fill("#east", "11.9")
+        page.evaluate("(() => { document.getElementById('prompt').value = 'x'.repeat(4001); })()")
+        page.click("#analyze")
+        expect(page.locator("#error")).to_contain_text("validation_error", timeout=15_000)
 
     assert blocked == [], f"the page tried to reach the network: {blocked}"
     assert len(tile_statuses) >= 4 and set(tile_statuses) == {200}

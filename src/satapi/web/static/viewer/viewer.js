@@ -77,10 +77,25 @@
     return response;
   }
 
+  // Writes a sentence whose `backticked` parts are code (the service's messages use them).
+  function withCode(element, text) {
+    element.textContent = "";
+    text.split("`").forEach((part, i) => {
+      if (!part) return;
+      if (i % 2) {
+        const code = document.createElement("code");
+        code.textContent = part;
+        element.appendChild(code);
+      } else {
+        element.appendChild(document.createTextNode(part));
+      }
+    });
+  }
+
   function askForKey(message) {
     const form = $("key-form");
     form.hidden = false;
-    form.querySelector("p").textContent = message || "This service needs an API key.";
+    withCode(form.querySelector("p"), message || "This service needs an API key.");
     $("api-key").focus();
     if (!state.pendingKey) {
       state.pendingKey = new Promise((resolve) => {
@@ -137,6 +152,15 @@
     $("status").textContent = text || "";
   }
 
+  // Results of an earlier request go when a new one starts or fails: they answer another question.
+  function clearResults() {
+    $("text").textContent = "";
+    $("chart").textContent = "";
+    if (state.overlay) map.removeLayer(state.overlay);
+    state.overlay = null;
+    hideLegend();
+  }
+
   function showError(error) {
     const box = $("error");
     if (!error) {
@@ -144,8 +168,9 @@
       box.textContent = "";
       return;
     }
+    clearResults();
     box.hidden = false;
-    box.textContent = error.message + " ";
+    withCode(box, error.message + " ");
     if (error.code) {
       const code = document.createElement("code");
       code.textContent = "(" + error.code + ")";
@@ -171,6 +196,7 @@
     if (state.busy) return;
     busy(true);
     showError(null);
+    clearResults();
     setStatus(label + "…");
     try {
       await work();
@@ -235,6 +261,11 @@
     if (values.some((v) => !isFinite(v))) {
       throw new ApiError("Draw an area on the map, or type its west, south, east and north.", "no_area", 0);
     }
+    const [west, south, east, north] = values;
+    if (!(west < east)) throw new ApiError("West must be less than East (both in degrees of longitude).", "invalid_bbox", 0);
+    if (!(south < north)) throw new ApiError("South must be less than North (both in degrees of latitude).", "invalid_bbox", 0);
+    if (west < -180 || east > 180) throw new ApiError("West and East are longitudes, from -180 to 180.", "invalid_bbox", 0);
+    if (south < -90 || north > 90) throw new ApiError("South and North are latitudes, from -90 to 90.", "invalid_bbox", 0);
     return values;
   }
 
@@ -391,6 +422,31 @@
     return fields;
   }
 
+  // The date of Fetch and Analyse: the picked one, or the clearest in a window when asked.
+  function addWhen(fields) {
+    if ($("clearest-on").checked) {
+      const start = $("clearest-start").value;
+      const end = $("clearest-end").value;
+      if (!start || !end) throw new ApiError("Give the first and last day of the window for the clearest date.", "no_window", 0);
+      const spec = { window: start + "/" + end };
+      const maxCloud = parseFloat($("clearest-max-cloud").value);
+      if (isFinite(maxCloud)) spec.max_cloud = maxCloud / 100;
+      fields.clearest = spec;
+    } else {
+      const time = currentTime();
+      if (time) fields.time = time;
+    }
+    return fields;
+  }
+
+  function chosenText(answer) {
+    return answer.selection && answer.selection.chosen ? ", clearest date " + answer.selection.chosen : "";
+  }
+
+  $("clearest-on").addEventListener("change", () => {
+    $("clearest").hidden = !$("clearest-on").checked;
+  });
+
   function analysisFields(fields) {
     fields.analyzer = $("analyzer").value;
     const prompt = $("prompt").value.trim();
@@ -400,14 +456,12 @@
 
   $("fetch").addEventListener("click", () =>
     run("Fetching", async () => {
-      const fields = imageFields();
-      const time = currentTime();
-      if (time) fields.time = time;
+      const fields = addWhen(imageFields());
       const answer = await (await postJson("/api/images", fields)).json();
       await showOverlay(answer.image.id, fields.bbox);
       hideLegend();
       setStatus(
-        "Image " + answer.image.width + "×" + answer.image.height + (answer.image.cached ? " (from the store)" : "") + "."
+        "Image " + answer.image.width + "×" + answer.image.height + chosenText(answer) + (answer.image.cached ? " (from the store)" : "") + "."
       );
     })
   );
@@ -441,13 +495,11 @@
 
   $("analyze").addEventListener("click", () =>
     run("Analysing", async () => {
-      const fields = analysisFields(imageFields());
-      const time = currentTime();
-      if (time) fields.time = time;
+      const fields = addWhen(analysisFields(imageFields()));
       await stream("/api/vision/analyze_satellite_stream", fields, async (result) => {
         await showOverlay(result.image.id, fields.bbox);
         hideLegend();
-        setStatus("Analysed by " + result.analysis.analyzer + (result.analysis.model ? " (" + result.analysis.model + ")" : "") + ".");
+        setStatus("Analysed by " + result.analysis.analyzer + (result.analysis.model ? " (" + result.analysis.model + ")" : "") + chosenText(result) + ".");
       });
     })
   );
