@@ -13,6 +13,8 @@ from collections.abc import Callable
 import pytest
 import respx
 
+from satapi.analyzers.claude import make_anthropic_client
+from satapi.app import make_ai_http_client
 from satapi.config import Settings
 from satapi.coordination.local import LocalSlotLimiter
 from satapi.errors import AIBusy
@@ -60,6 +62,8 @@ async def test_cap_holds_under_50_concurrent_requests(
     assert len(fake_anthropic.requests) == 50
     # The cap is reached and never exceeded, as the API itself saw it.
     assert fake_anthropic.max_in_flight == 5
+    # Kept alive and sized to the cap: 50 calls over 5 connections, none opened while one idled.
+    assert len({r.peer for r in fake_anthropic.requests}) == 5
     assert _metric(metrics, "satapi_ai_calls_capacity") == 5
     assert _metric(metrics, "satapi_ai_calls_in_flight") == 0
     assert _metric(metrics, "satapi_ai_calls_waiting") == 0
@@ -175,3 +179,34 @@ async def test_retry_after_follows_how_long_permits_are_held() -> None:
 async def _hold(limiter: LocalSlotLimiter) -> None:
     async with limiter.slot():
         await asyncio.sleep(10)
+
+
+@pytest.mark.parametrize("calls", [120])
+async def test_connections_are_kept_alive_up_to_the_cap(
+    make_settings: Callable[..., Settings], fake_anthropic: FakeAnthropic, calls: int
+) -> None:
+    """Two waves of 120 overlapping calls (more than the 100 idle connections the SDK's default
+    pool keeps) through the app's SDK client go over 120 connections: the second wave finds
+    every connection of the first one idle and reuses it."""
+    fake_anthropic.script(Reply(text=["o", "k"], delay=1.5))
+    settings = _settings(make_settings, fake_anthropic, max_concurrent_ai=calls)
+    client = make_anthropic_client(
+        KEY,
+        base_url=fake_anthropic.base_url,
+        max_retries=0,
+        http_client=make_ai_http_client(settings),
+    )
+
+    async def call() -> str:
+        async with client.messages.stream(
+            model="m", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
+            return await stream.get_final_text()
+
+    try:
+        for _ in range(2):
+            assert await asyncio.gather(*(call() for _ in range(calls))) == ["ok"] * calls
+    finally:
+        await client.close()
+    assert fake_anthropic.max_in_flight == calls  # each wave overlapped whole
+    assert len({r.peer for r in fake_anthropic.requests}) == calls

@@ -210,7 +210,8 @@ def test_map_page_end_to_end(service: tuple[str, Path]) -> None:
         page.wait_for_timeout(600)  # typing a valid area on the way fits the map to it; then still
         center = page.evaluate("(() => satapiViewer.map.getCenter())()")
         page.click("#fetch")
-        expect(page.locator("#error")).to_contain_text("West must be less than East", timeout=15_000)
+        error = page.locator("#error")
+        expect(error).to_contain_text("West must be less than East", timeout=15_000)
         expect(page.locator("#error")).to_contain_text("invalid_bbox")
         assert "minx" not in (page.locator("#error").text_content() or "")
         assert page.evaluate("(() => satapiViewer.map.getCenter())()") == center

@@ -72,6 +72,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]  # names lower-cased
     json: Any
+    peer: str = ""  # the client's host:port: one per connection it used
 
 
 @dataclass(frozen=True)
@@ -320,7 +321,11 @@ class FakeAnthropic:
         except ValueError:
             payload = body.decode("utf-8", "replace")
         with self._lock:
-            self.requests.append(RecordedRequest(scope["method"], scope["path"], headers, payload))
+            client = scope.get("client") or ("", 0)
+            peer = f"{client[0]}:{client[1]}"
+            self.requests.append(
+                RecordedRequest(scope["method"], scope["path"], headers, payload, peer)
+            )
 
         if scope["method"] != "POST" or scope["path"] != "/v1/messages":
             await self._send_json(send, 404, _error_body("not_found_error", "Not found"))

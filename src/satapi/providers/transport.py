@@ -39,13 +39,18 @@ READ_BUFSIZE = 16 * 1024
 
 
 class AiohttpTransport(httpx2.AsyncBaseTransport):
-    """An httpx2 transport over one `aiohttp.ClientSession` of up to `max_connections`."""
+    """An httpx2 transport over one `aiohttp.ClientSession` of up to `max_connections`.
+
+    `guard` checks where connections go (the WMS client, whose hosts users may name); None for
+    a client that talks only to an operator-configured endpoint (the Anthropic API), which then
+    uses aiohttp's own resolver and DNS cache.
+    """
 
     def __init__(
         self,
         *,
         max_connections: int,
-        guard: GuardedResolver,
+        guard: GuardedResolver | None,
         verify: ssl.SSLContext | None = None,
     ) -> None:
         self._limit = max_connections
@@ -65,7 +70,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                 ssl=self._tls,
                 resolver=self._guard,
                 # Every new connection asks the guard: a cached answer would skip the check.
-                use_dns_cache=False,
+                use_dns_cache=self._guard is None,
                 keepalive_timeout=KEEPALIVE_EXPIRY_S,
             )
             self._session = aiohttp.ClientSession(
@@ -83,7 +88,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         session = self._open()
         host = request.url.host
         port = request.url.port or (443 if request.url.scheme == "https" else 80)
-        if _is_ip_literal(host):
+        if self._guard is not None and _is_ip_literal(host):
             self._guard.check_literal(host, port)
         timeout = request.extensions.get("timeout", {})
         connect, pool = timeout.get("connect"), timeout.get("pool")
@@ -109,7 +114,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         except aiohttp.InvalidURL as exc:
             # aiohttp refuses legacy numeric hosts (2130706433, 127.1) that the OS would map to
             # an address; refused like an internal address unless it is the operator's.
-            if self._guard.is_trusted(host, port):
+            if self._guard is None or self._guard.is_trusted(host, port):
                 raise httpx2.ConnectError(str(exc)) from exc
             raise AddressNotAllowed(host, "a non-canonical numeric address") from exc
         except Exception as exc:
