@@ -84,9 +84,43 @@ def test_custom_limits() -> None:
 
 
 def test_small_image_keeps_its_size() -> None:
-    prepared = prepare_for_claude(encode(gradient(256, 256), "PNG"))
+    prepared = prepare_for_claude(encode(gradient(256, 256), "BMP"))
     assert (prepared.width, prepared.height) == (256, 256)
-    assert prepared.media_type == "image/jpeg"  # opaque: JPEG, whatever it came as
+    assert prepared.media_type == "image/jpeg"  # opaque and not sendable as it is: JPEG
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "media_type"),
+    [
+        ("PNG", "RGB", "image/png"),
+        ("PNG", "RGBA", "image/png"),
+        ("PNG", "L", "image/png"),
+        ("JPEG", "RGB", "image/jpeg"),
+        ("JPEG", "L", "image/jpeg"),
+    ],
+)
+def test_a_fitting_png_or_jpeg_is_sent_as_it_is(fmt: str, mode: str, media_type: str) -> None:
+    """Within the limits and in a format Claude takes: the very bytes, nothing decoded."""
+    data = encode(gradient(512, 512).convert(mode), fmt)
+    prepared = prepare_for_claude(data)
+    assert base64.b64decode(prepared.base64_data) == data
+    assert (prepared.media_type, prepared.width, prepared.height) == (media_type, 512, 512)
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda: encode(gradient(2000, 1000), "PNG"), "too large: downscaled"),
+        (lambda: encode(noise(64, 64).convert("P"), "PNG"), "palette: converted"),
+        (lambda: encode(noise(64, 64).convert("CMYK"), "JPEG"), "CMYK: converted"),
+        (lambda: encode(Image.new("I;16", (64, 64), 300), "PNG"), "16-bit: stretched"),
+        (lambda: encode(noise(800, 800), "PNG"), "over the byte budget: JPEG"),
+    ],
+)
+def test_others_are_still_prepared(make: object, why: str) -> None:
+    data = make()  # type: ignore[operator]
+    prepared = prepare_for_claude(data, max_base64_bytes=1_000_000)
+    assert base64.b64decode(prepared.base64_data) != data, why
 
 
 def test_tiny_byte_budget_steps_quality_and_size_down() -> None:
@@ -111,7 +145,8 @@ def test_transparent_png_stays_png_with_alpha() -> None:
 
 
 def test_opaque_alpha_channel_becomes_jpeg() -> None:
-    prepared = prepare_for_claude(encode(gradient(400, 300).convert("RGBA"), "PNG"))
+    # Re-encoded (too big to send as it is), the alpha channel that hides nothing is dropped.
+    prepared = prepare_for_claude(encode(gradient(2000, 1500).convert("RGBA"), "PNG"))
     assert prepared.media_type == "image/jpeg"
 
 
@@ -179,8 +214,9 @@ def test_garbage_raises_not_an_image(data: bytes) -> None:
         prepare_for_claude(data)
 
 
-def test_truncated_image_raises_not_an_image() -> None:
-    data = encode(noise(400, 300), "PNG")
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_image_raises_not_an_image(fmt: str) -> None:
+    data = encode(noise(400, 300), fmt)  # small enough to be sent as it is, were it whole
     with pytest.raises(NotAnImage):
         prepare_for_claude(data[: len(data) // 2])
 

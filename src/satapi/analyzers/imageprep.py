@@ -26,6 +26,12 @@ JPEG_QUALITIES: Final = (85, 75, 65, 55, 45)
 # How much each dimension shrinks per round when even the lowest quality does not fit.
 SHRINK_STEP: Final = 0.75
 
+# Formats Claude takes as they are, with their media types; other formats are re-encoded.
+SENDABLE_FORMATS: Final = {"PNG": "image/png", "JPEG": "image/jpeg"}
+_PNG_END: Final = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+# Pixel modes sent unchanged: 8 bits per sample, no palette tricks or colour spaces to convert.
+_SENDABLE_MODES: Final = frozenset({"L", "RGB", "RGBA"})
+
 # Modes holding more than 8 bits per sample (16-bit or float rasters, e.g. elevation layers).
 _WIDE_MODES: Final = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 
@@ -49,6 +55,8 @@ def prepare_for_claude(
 ) -> PreparedImage:
     """Decode `data`, downscale it to Claude's limits and re-encode it as base64 PNG or JPEG.
 
+    A PNG or JPEG already within the limits (size, mode, bytes) is sent as it is, undecoded.
+
     The long edge ends up at most `max_long_edge` and the area at most `max_pixels` (larger images
     are downscaled by the API anyway, costing latency and tokens for nothing). Images with real
     transparency stay PNG when that fits in `max_base64_bytes`; everything else becomes JPEG,
@@ -61,6 +69,14 @@ def prepare_for_claude(
         raise ValueError("image limits must be positive (and the byte budget at least 1 KiB)")
     im = _open_checked(data)
     width, height = _fit(im.size, max_long_edge, max_pixels)
+    if (
+        (width, height) == im.size
+        and _sendable_as_is(im, len(data), max_base64_bytes)
+        and _ends_whole(data, im.format)
+    ):
+        # Already what Claude takes (a 512² PNG from a WMS server): no decode, no resize and no
+        # re-encode, the costly part of preparing an image (docs/performance.md).
+        return _prepared(SENDABLE_FORMATS[im.format or ""], data, im)
     # Ask JPEG decoders for a DCT-scaled version near twice the target size: much faster than
     # decoding full resolution, and the LANCZOS pass below still does the final, clean reduction.
     im.draft(None, (width * 2, height * 2))
@@ -72,6 +88,22 @@ def prepare_for_claude(
     if im.size != (width, height):
         im = im.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
     return _encode(im, max_base64_bytes)
+
+
+def _sendable_as_is(im: Image.Image, size: int, max_base64_bytes: int) -> bool:
+    """True when the image's own bytes can go to Claude: PNG or 8-bit L/RGB/RGBA JPEG within
+    the byte budget (the caller checked its size). Read from the header; nothing is decoded."""
+    return (
+        im.format in SENDABLE_FORMATS
+        and im.mode in _SENDABLE_MODES
+        and (size + 2) // 3 * 4 <= max_base64_bytes
+    )
+
+
+def _ends_whole(data: bytes, fmt: str | None) -> bool:
+    """True when the data ends as a whole PNG (IEND chunk) or JPEG (EOI marker) does: a cut-off
+    file is decoded instead, which reports it as damaged."""
+    return data.endswith(_PNG_END) if fmt == "PNG" else data.rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
 def _open_checked(data: bytes) -> Image.Image:
