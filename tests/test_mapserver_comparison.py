@@ -174,3 +174,27 @@ async def test_timeseries_reports_the_missing_date_and_measures_the_others(
         assert metrics["nodata_fraction"] == pytest.approx(0.0, abs=0.01)
         assert metrics["cloud_fraction"] == pytest.approx(0.0, abs=0.01)
     assert permits_back(client)
+
+
+async def test_a_plain_date_is_shorthand_for_a_side_with_that_time(
+    client: httpx.AsyncClient, recorded: Recorder
+) -> None:
+    """`"before": "2024-01-01"`, as the CLI's `--before DATE`, means `{"time": "2024-01-01"}`."""
+    body = {**SCENE, "analyzer": "local"}
+    short = await client.post(
+        "/api/comparison/analyze", json={**body, "before": EARLY, "after": LATE}
+    )
+    assert short.status_code == 200, short.text
+    assert recorded.getmap_times() == [EARLY, LATE]
+    full = await client.post(
+        "/api/comparison/analyze", json={**body, "before": {"time": EARLY}, "after": {"time": LATE}}
+    )
+    assert full.json()["analysis"]["metrics"] == short.json()["analysis"]["metrics"]
+    bad = await client.post(
+        "/api/comparison/download", json={**SCENE, "before": "soon", "after": LATE}
+    )
+    assert bad.status_code == 422 and bad.json()["details"][0]["loc"][:3] == [
+        "body",
+        "before",
+        "time",
+    ]

@@ -521,7 +521,8 @@ class StoredAnalysis(BaseModel):
 
 
 class Side(BaseModel):
-    """One side of a comparison: its date, and optionally its own layer."""
+    """One side of a comparison: its date, and optionally its own layer. A plain string is
+    shorthand for `{"time": ...}`."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -535,6 +536,13 @@ class Side(BaseModel):
         description="Overrides the request's layer (e.g. EOX's per-year s2cloudless-<year>).",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_date(cls, value: Any) -> Any:
+        # `"before": "2024-01-01"` is shorthand for `{"time": "2024-01-01"}` (as the CLI's
+        # `--before DATE`); anything else is validated as the object it should be.
+        return {"time": value} if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _time_or_clearest(self) -> Side:
         if self.time is not None and self.clearest is not None:
@@ -545,8 +553,14 @@ class Side(BaseModel):
 class ComparisonRequest(ImageFields):
     """Two images of one area: `before` and `after` dates, or two complete GetMap URLs."""
 
-    before: Side | None = None
-    after: Side | None = None
+    before: Side | None = Field(
+        default=None,
+        description='The earlier image: `{"time": ...}`, `{"clearest": ...}`, or a plain date '
+        '(`"2024-01-01"`, shorthand for `{"time": "2024-01-01"}`).',
+    )
+    after: Side | None = Field(
+        default=None, description="The later image, as `before`: an object or a plain date."
+    )
     image1_url: str | None = Field(
         default=None, max_length=4096, description="Old clients: the before GetMap URL."
     )
