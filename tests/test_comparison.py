@@ -610,7 +610,11 @@ async def test_stream_events_and_result_equal_to_the_plain_answer(
     assert statuses[0] == {"stage": "queued"}
     downloading = [s for s in statuses if s["stage"] == "downloading"]
     assert sorted(s["side"] for s in downloading) == ["after", "before"]
-    assert {"stage": "downloaded", "cached": False} in statuses
+    downloaded = [s for s in statuses if s["stage"] == "downloaded"]
+    assert downloaded == [
+        {"stage": "downloaded", "side": "before", "cached": False},
+        {"stage": "downloaded", "side": "after", "cached": False},
+    ]
     assert {"stage": "analyzing", "analyzer": "local"} in statuses
     order = [s["stage"] for s in statuses]
     assert order.index("downloaded") > max(i for i, s in enumerate(order) if s == "downloading")
@@ -618,7 +622,8 @@ async def test_stream_events_and_result_equal_to_the_plain_answer(
     image_events = [data for name, data in events if name == "image"]
     assert [e["side"] for e in image_events] == ["before", "after"]
     assert [e["time"] for e in image_events] == [BEFORE, AFTER]
-    assert names.index("image") > names.index("status", 3)  # after "downloaded"
+    last_downloaded = max(i for i, (n, d) in enumerate(events) if d.get("stage") == "downloaded")
+    assert names.index("image") > last_downloaded
     deltas = [data["text"] for name, data in events if name == "delta"]
     assert deltas and names[-1] == "result" and "error" not in names
     assert names.index("delta") > max(i for i, n in enumerate(names) if n == "image")
@@ -647,7 +652,8 @@ async def test_stream_of_a_cached_pair_and_the_stored_result(
     assert stored["analysis"] == result["analysis"]
     again = await read_stream(client, LOCAL)
     statuses = [data for name, data in again if name == "status"]
-    assert {"stage": "downloaded", "cached": True} in statuses
+    assert {"stage": "downloaded", "side": "before", "cached": True} in statuses
+    assert {"stage": "downloaded", "side": "after", "cached": True} in statuses
     assert not [s for s in statuses if s["stage"] == "downloading"]
     assert again[-1][0] == "result" and again[-1][1]["analysis"]["cached"] is True
     mask_url = again[-1][1]["images"]["change_mask"]["url"]

@@ -270,7 +270,7 @@ def _stream(
             {"side": side, **meta.model_dump(mode="json")}
             for side, meta in _metas(got.pair).items()
         ],
-        cached=lambda got: all(got.pair[side].cached for side in SIDES),
+        downloaded=lambda got: [{"side": side, "cached": got.pair[side].cached} for side in SIDES],
         analyze=lambda got: analysis.stream(job.analyzer, _labelled(got.pair), job.prompt),
         answer=lambda got, a: comparison_response(got, a, started).model_dump(mode="json"),
         save=analysis.save,

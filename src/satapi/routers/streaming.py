@@ -101,7 +101,8 @@ class AnalysisSteps(Generic[T]):
     # and events of its own (`emit`).
     fetch: Callable[[Report], Awaitable[T]]
     image_events: Callable[[T], list[dict[str, Any]]]  # one `image` event each
-    cached: Callable[[T], bool]
+    # One `downloaded` status each: `{"cached": ...}`, with `"side"` for a pair.
+    downloaded: Callable[[T], list[dict[str, Any]]]
     analyze: Callable[[T], AsyncIterator[TextDelta | Analyzed]]
     answer: Callable[[T, Analyzed], dict[str, Any]]  # the non-stream 200 body
     save: Callable[[Analyzed, dict[str, Any]], Awaitable[None]]
@@ -128,7 +129,8 @@ async def analysis_events(steps: AnalysisSteps[T]) -> AsyncIterator[ServerSentEv
                     item["stage"], **{k: v for k, v in item.items() if k != "stage"}
                 )
         assert fetched is not None
-        yield events.status("downloaded", cached=steps.cached(fetched))
+        for done in steps.downloaded(fetched):
+            yield events.status("downloaded", **done)
         for image in steps.image_events(fetched):
             yield events.event("image", image)
         yield events.status("analyzing", analyzer=steps.analyzer)

@@ -202,7 +202,7 @@ def _stream(
     steps: AnalysisSteps[Got] = AnalysisSteps(
         fetch=lambda report: fetch_job(job, images, selector, report),
         image_events=lambda g: [ImageMeta.from_fetched(g.fetched).model_dump(mode="json")],
-        cached=lambda g: g.fetched.cached,
+        downloaded=lambda g: [{"cached": g.fetched.cached}],
         analyze=lambda g: analysis.stream(job.analyzer, [("image", g.fetched)], job.prompt),
         answer=lambda g, a: vision_response(g, a, started).model_dump(mode="json"),
         save=analysis.save,
