@@ -73,6 +73,14 @@ async def test_fetch_stores_image_and_serves_it_with_etag(
     etag = got.headers["etag"]
     not_modified = await client.get(image["url"], headers={"If-None-Match": etag})
     assert not_modified.status_code == 304 and not_modified.content == b""
+    # HEAD: GET's headers (type, length, ETag, caching), no body
+    head = await client.head(image["url"])
+    assert head.status_code == 200 and head.content == b""
+    for name in ("content-type", "content-length", "etag", "cache-control"):
+        assert head.headers[name] == got.headers[name], name
+    assert int(head.headers["content-length"]) == len(got.content)
+    assert (await client.head(image["url"], headers={"If-None-Match": etag})).status_code == 304
+    assert (await client.head("/api/images/" + "0" * 64)).status_code == 404
     meta = (await client.get(image["url"] + "/meta")).json()
     assert meta["image"]["id"] == image["id"] and meta["source_url"].startswith(WMS_URL)
     # The request sent the 1.3.0 axis order and asked for XML exceptions.

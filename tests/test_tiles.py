@@ -156,6 +156,11 @@ async def test_dates_differ_and_repeats_are_stored(
     )
     assert not_modified.status_code == 304 and not_modified.content == b""
     assert not_modified.headers["etag"] == etag
+    head = await client.head(path, params={"time": LATE, "layer": "scene"})
+    assert head.status_code == 200 and head.content == b""
+    for name in ("content-type", "content-length", "etag", "cache-control"):
+        assert head.headers[name] == late.headers[name], name
+    assert int(head.headers["content-length"]) == len(late.content)
 
 
 @pytest.mark.mapserver

@@ -6,7 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path
+from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import Response, StreamingResponse
 
 from satapi.analyzers.base import DataWindow
@@ -21,6 +21,7 @@ from satapi.models import (
     SelectionOut,
     StoredImageMeta,
 )
+from satapi.routers.headonly import without_body
 from satapi.selection import Plan, Selector
 from satapi.storage import ID_PATTERN, ImageRecord, ImageStore
 from satapi.wms_client import FetchTarget
@@ -104,6 +105,7 @@ async def _record(store: ImageStore, image_id: str) -> ImageRecord:
     return record
 
 
+@router.head("/{image_id}", include_in_schema=False)
 @router.get(
     "/{image_id}",
     summary="Get a stored image's bytes",
@@ -114,17 +116,21 @@ async def _record(store: ImageStore, image_id: str) -> ImageRecord:
     },
 )
 async def get_image(
+    request: Request,
     image_id: ImageId,
     store: StoreDep,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """Stream the image with an ETag; it never changes, so caches may keep it for a year."""
+    """Stream the image with an ETag; it never changes, so caches may keep it for a year.
+    HEAD answers the same headers without the bytes."""
     record = await _record(store, image_id)
     etag = f'"{record.id}"'
     headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
     if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")} | {"*"}:
         return Response(status_code=304, headers=headers)
     headers["Content-Length"] = str(record.bytes)
+    if request.method == "HEAD":
+        return await without_body(Response(media_type=record.content_type, headers=headers))
     # Read the first chunk before answering, so a vanished image or a store that fails
     # becomes an error envelope rather than a response cut off after its headers.
     chunks = store.iter_bytes(record)

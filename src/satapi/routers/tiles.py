@@ -5,12 +5,13 @@ from __future__ import annotations
 import time as clock
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from satapi.deps import ImagesDep, ResourcesDep
 from satapi.layercheck import check_tile
 from satapi.models import LAYER_PATTERN, TIME_PATTERN
+from satapi.routers.headonly import without_body
 from satapi.tiles import MAX_ZOOM, tile_plan, warp_rows
 
 router = APIRouter(prefix="/api/tiles", tags=["tiles"])
@@ -20,6 +21,7 @@ router = APIRouter(prefix="/api/tiles", tags=["tiles"])
 DATED_MAX_AGE_S = 86400
 
 
+@router.head("/{provider}/{z}/{x}/{y}.png", include_in_schema=False)
 @router.get(
     "/{provider}/{z}/{x}/{y}.png",
     summary="A Web Mercator XYZ tile (256 px PNG) of a provider's layer",
@@ -30,6 +32,7 @@ DATED_MAX_AGE_S = 86400
     },
 )
 async def get_tile(
+    request: Request,
     provider: Annotated[str, Path(max_length=64, description="A configured provider.")],
     z: Annotated[int, Path(ge=0, le=MAX_ZOOM, description="Zoom level.")],
     x: Annotated[int, Path(ge=0, description="Column, from the west.")],
@@ -70,8 +73,11 @@ async def get_tile(
     if plan.rows is not None:
         source = b"".join([chunk async for chunk in images.store.iter_bytes(record)])
         body = await resources.cpu.run(warp_rows, source, plan.rows)
-        return Response(body, media_type="image/png", headers=headers)
-    headers["Content-Length"] = str(record.bytes)
-    return StreamingResponse(
-        images.store.iter_bytes(record), media_type=record.content_type, headers=headers
-    )
+        response: Response = Response(body, media_type="image/png", headers=headers)
+    else:
+        headers["Content-Length"] = str(record.bytes)
+        response = StreamingResponse(
+            images.store.iter_bytes(record), media_type=record.content_type, headers=headers
+        )
+    # HEAD: the same headers (a warped tile's length needs its body made), no bytes.
+    return await without_body(response) if request.method == "HEAD" else response
