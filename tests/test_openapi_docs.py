@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from satapi.app import create_app
 from satapi.config import Settings
@@ -107,10 +108,22 @@ async def test_swagger_ui_is_version_5_and_redirect_page_exists(
     assert (await client.get("/redoc/logo-mini.svg")).status_code == 200
 
 
+def test_without_api_keys_the_schema_has_no_security(settings: Settings) -> None:
+    # Nothing to authorize: /docs shows no Authorize button and no locks.
+    schema = create_app(settings.model_copy(update={"api_keys": []})).openapi()
+    assert "securitySchemes" not in schema.get("components", {})
+    assert not [
+        (method, path)
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+        if "security" in operation
+    ]
+
+
 def test_api_key_schemes_are_documented_on_every_api_operation(settings: Settings) -> None:
     # Keys are enforced by middleware (before the body is read), so the schema documents them
     # itself: every /api operation offers both schemes, the probes and /metrics none.
-    schema = create_app(settings).openapi()
+    schema = create_app(settings.model_copy(update={"api_keys": [SecretStr("k")]})).openapi()
     assert set(schema["components"]["securitySchemes"]) == {"HTTPBearer", "APIKeyHeader"}
     assert schema["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
     for path, item in schema["paths"].items():

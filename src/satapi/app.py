@@ -327,7 +327,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.shutdown = shutdown
     add_exception_handlers(app)
-    _document_errors_and_keys(app)
+    _document_errors_and_keys(app, keys_required=bool(settings.api_keys))
     install_docs(app)
     install_viewer(app)  # the map page at /
     app.include_router(metrics_router)
@@ -379,9 +379,10 @@ _CHECKED_ROUTES = (
 )
 
 
-def _document_errors_and_keys(app: FastAPI) -> None:
-    """Document every 4xx/5xx as the JSON error envelope, also on SSE routes, and the API-key
-    schemes on every /api operation.
+def _document_errors_and_keys(app: FastAPI, *, keys_required: bool) -> None:
+    """Document every 4xx/5xx as the JSON error envelope, also on SSE routes, and, when API keys
+    are configured, the API-key schemes on every /api operation (without keys there is nothing
+    to authorize, so /docs shows no Authorize button and no locks).
 
     FastAPI gives additional responses the route's media type, so on an SSE route the envelope
     would be documented as text/event-stream although errors are always JSON.
@@ -401,11 +402,12 @@ def _document_errors_and_keys(app: FastAPI) -> None:
                                 # The layer checks' answers (capabilities, before any GetMap).
                                 media["examples"] = LAYER_CHECK_EXAMPLES
                             response["content"] = {"application/json": media}
-                    if route == "/api" or route.startswith("/api/"):
+                    if keys_required and (route == "/api" or route.startswith("/api/")):
                         operation["security"] = [{name: []} for name in API_KEY_SCHEMES]
-            schema.setdefault("components", {}).setdefault("securitySchemes", {}).update(
-                API_KEY_SCHEMES
-            )
+            if keys_required:
+                schema.setdefault("components", {}).setdefault("securitySchemes", {}).update(
+                    API_KEY_SCHEMES
+                )
             app.openapi_schema = schema
         return app.openapi_schema
 
