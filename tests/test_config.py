@@ -153,3 +153,27 @@ async def test_a_real_server_with_an_empty_key_uses_the_local_analyzer(tmp_path:
             server.stop()
     log = server.log()
     assert "analyzers: local only" in log and "Traceback" not in log
+
+
+def test_a_toml_syntax_error_names_the_file_and_line(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "satapi.toml"
+    config.write_text('log_format = "json"\nmax_waiting 10\n')
+    clean_env.setenv("SATAPI_CONFIG", str(config))
+    with pytest.raises(SettingsError) as raised:
+        load_settings(data_dir=tmp_path)
+    message = str(raised.value)
+    assert message.startswith(f"{config} is not valid TOML: ")
+    assert "line 2" in message
+
+
+def test_a_whole_settings_error_reads_as_one_sentence(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(data_dir=tmp_path, default_provider="nowhere")
+    message = str(raised.value)
+    assert message.startswith("invalid settings: ")
+    assert "settings settings" not in message and "setting settings" not in message
+    assert "default_provider 'nowhere' is not a configured provider" in message

@@ -182,6 +182,8 @@ async def test_a_window_without_dates_is_422_naming_the_nearest(
     assert body["code"] == "no_dates_in_window"
     assert body["window"] == window and body["nearest"] == nearest
     assert window in body["error"] and all(t in body["error"] for t in nearest)
+    said = "its nearest date is" if len(nearest) == 1 else "its nearest dates are"
+    assert f"; {said} {' and '.join(nearest)}." in body["error"]
     assert proxy.queries("GetMap") == []  # nothing was downloaded
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -626,8 +627,12 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors(include_url=False, include_input=False):
-            field = ".".join(str(part) for part in err["loc"]) or "settings"
-            lines.append(f"{field}: {err['msg']}")
-        raise SettingsError("invalid setting " + "; ".join(lines)) from None
+            field = ".".join(str(part) for part in err["loc"])
+            lines.append(f"{field}: {err['msg']}" if field else err["msg"])
+        raise SettingsError("invalid settings: " + "; ".join(lines)) from None
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message ends "(at line L, column C)": name the file it is about too.
+        where = os.environ.get(CONFIG_ENV_VAR, "the settings file")
+        raise SettingsError(f"{where} is not valid TOML: {exc}") from None
     except (ValueError, OSError) as exc:
         raise SettingsError(f"invalid settings: {exc}") from None

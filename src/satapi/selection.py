@@ -304,10 +304,12 @@ class Selector:
         found = times_in_window(values, spec.window)
         if not found.inside:
             nearest = [t for t in (found.before, found.after) if t is not None]
-            said = " and ".join(nearest) if nearest else "none"
+            if len(nearest) == 1:
+                said = f"its nearest date is {nearest[0]}"
+            else:
+                said = f"its nearest dates are {' and '.join(nearest) or 'none'}"
             raise NoDatesInWindow(
-                f"The layer {full.layer!r} has no date in the window {spec.window}; "
-                f"its nearest dates are {said}.",
+                f"The layer {full.layer!r} has no date in the window {spec.window}; {said}.",
                 extra={"window": spec.window, "nearest": nearest},
             )
         chosen_times = thin(found.inside, spec.max_candidates)

@@ -50,6 +50,11 @@ _UTM_PREFIXES = ("EPSG:326", "EPSG:327", "EPSG:258")  # WGS 84 / ETRS89 UTM zone
 BBox = tuple[float, float, float, float]
 
 
+def _article(word: str) -> str:
+    """ "A" or "An" before a code read letter by letter ("an EPSG:4326", "a CRS:84")."""
+    return "An" if word[:1].upper() in "AEFHILMNORSX" else "A"
+
+
 def validate_bbox(bbox: Sequence[float], crs: str) -> BBox:
     """Check a bbox (minx, miny, maxx, maxy; lon/lat for geographic CRSs) before any request."""
     if len(bbox) != 4:
@@ -63,7 +68,8 @@ def validate_bbox(bbox: Sequence[float], crs: str) -> BBox:
     if crs_u in GEOGRAPHIC:
         if not (minx >= -180 and maxx <= 180 and miny >= -90 and maxy <= 90):
             raise InvalidBBox(
-                f"A {crs} bbox is lon/lat: longitudes within -180..180, latitudes within -90..90."
+                f"{_article(crs)} {crs} bbox is lon/lat: longitudes within -180..180, "
+                "latitudes within -90..90."
             )
     elif crs_u in ("EPSG:3857", "EPSG:900913") and not all(
         abs(v) <= WEB_MERCATOR_LIMIT * 1.0001 for v in (minx, miny, maxx, maxy)

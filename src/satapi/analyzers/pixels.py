@@ -510,9 +510,10 @@ def summarize(metrics: dict[str, Any]) -> str:
             "coloured pixels)."
         )
     if cloud >= 0.5:
+        # Land-cover figures, when any were given, say little about a mostly hidden ground.
+        caveat = " and the figures above are unreliable" if shown else ""
         sentences.append(
-            f"Clouds or snow cover {_pct(cloud)}, so most of the ground is hidden and the "
-            "figures above are unreliable."
+            f"Clouds or snow cover {_pct(cloud)}, so most of the ground is hidden{caveat}."
         )
     elif cloud >= 0.1:
         sentences.append(f"Clouds or snow cover {_pct(cloud)}, so part of the ground is hidden.")
