@@ -327,7 +327,9 @@ def create_app(
     app.state.metrics = metrics
     app.state.shutdown = shutdown
     add_exception_handlers(app)
-    _document_errors_and_keys(app, keys_required=bool(settings.api_keys))
+    _document_errors_and_keys(
+        app, keys_required=bool(settings.api_keys), max_image_px=settings.max_image_px
+    )
     install_docs(app)
     install_viewer(app)  # the map page at /
     app.include_router(metrics_router)
@@ -379,7 +381,22 @@ _CHECKED_ROUTES = (
 )
 
 
-def _document_errors_and_keys(app: FastAPI, *, keys_required: bool) -> None:
+def _state_size_limit(schema: dict[str, Any], max_image_px: int) -> None:
+    """Write the service's `max_image_px` as the `maximum` of every width and height, in the
+    request models and the GET stream's query, so /docs states the limit that is enforced."""
+    for model in schema.get("components", {}).get("schemas", {}).values():
+        for name in ("width", "height"):
+            field = model.get("properties", {}).get(name)
+            if field is not None and field.get("type") == "integer" and "minimum" in field:
+                field["maximum"] = max_image_px
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("name") in ("width", "height") and parameter.get("in") == "query":
+                    parameter["schema"]["maximum"] = max_image_px
+
+
+def _document_errors_and_keys(app: FastAPI, *, keys_required: bool, max_image_px: int) -> None:
     """Document every 4xx/5xx as the JSON error envelope, also on SSE routes, and, when API keys
     are configured, the API-key schemes on every /api operation (without keys there is nothing
     to authorize, so /docs shows no Authorize button and no locks).
@@ -408,6 +425,7 @@ def _document_errors_and_keys(app: FastAPI, *, keys_required: bool) -> None:
                 schema.setdefault("components", {}).setdefault("securitySchemes", {}).update(
                     API_KEY_SCHEMES
                 )
+            _state_size_limit(schema, max_image_px)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -108,7 +108,10 @@ class ImageService:
         config = self.client.provider(name)
         for side, value in (("width", req.width), ("height", req.height)):
             if not 1 <= value <= self.max_px:
-                raise InvalidRequest(f"{side} must be between 1 and {self.max_px} pixels.")
+                raise InvalidRequest(
+                    f"{side} must be between 1 and {self.max_px} pixels (the service's "
+                    "max_image_px)."
+                )
         return self.client.target(name, config, req)
 
     async def check(self, provider: str | None, req: GetMapRequest) -> DataWindow | None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 if TYPE_CHECKING:
     # Only for annotations: the models are shared with `satapi.client`, which must import
@@ -19,6 +22,50 @@ TIME_PATTERN = rf"^{_WHEN}$"
 TIME_OR_INTERVAL_PATTERN = rf"^{_WHEN}(/{_WHEN})?$"
 LAYER_PATTERN = r"^[A-Za-z0-9_.:,\-/ ]{1,256}$"
 
+
+def _real_dates(value: str) -> str:
+    """Refuse a date that has the right form but is not on the calendar ("2024-13-45"), in
+    words: the pattern only sees digits."""
+    for part in value.split("/"):
+        if not re.fullmatch(_WHEN, part):
+            continue  # the field's pattern says what form is expected
+        year, month, day = int(part[0:4]), int(part[5:7]), int(part[8:10])
+        if not 1 <= month <= 12:
+            problem = f"month {month} does not exist"
+        else:
+            try:
+                dt.date(year, month, day)
+            except ValueError:
+                problem = f"{year}-{month:02d} has no day {day}"
+            else:
+                if "T" not in part:
+                    continue
+                try:
+                    dt.datetime.fromisoformat(part.replace("Z", "+00:00"))
+                except ValueError:
+                    problem = "its time of day does not exist"
+                else:
+                    continue
+        raise PydanticCustomError(
+            "impossible_date",
+            "{value} is not a real date: {problem}",
+            {"value": part, "problem": problem},
+        )
+    return value
+
+
+RealDates = AfterValidator(_real_dates)
+
+# What each pattern of the request models expects, in words: validation errors say this
+# (`satapi.web.handlers`), never the regular expression.
+PATTERN_WORDS: dict[str, str] = {
+    TIME_PATTERN: "an ISO 8601 date or date-time, e.g. 2024-06-01 or 2024-06-01T10:30:00Z",
+    TIME_OR_INTERVAL_PATTERN: (
+        "an ISO 8601 date, date-time or interval, e.g. 2024-06-01 or 2024-06-01/2024-06-30"
+    ),
+    LAYER_PATTERN: ("a layer name: 1 to 256 letters, digits, spaces or _ . : , - /, e.g. scene"),
+}
+
 EXAMPLE_BBOX = [-10.0, 35.0, 5.0, 44.0]
 EXAMPLE_LAYER = "MODIS_Terra_CorrectedReflectance_TrueColor"
 
@@ -31,6 +78,7 @@ def example_config(**fields: Any) -> ConfigDict:
 
 Time = Annotated[
     str,
+    RealDates,
     Field(
         pattern=TIME_PATTERN,
         description="ISO 8601 date or date-time sent as the WMS TIME parameter.",
@@ -39,6 +87,7 @@ Time = Annotated[
 ]
 TimeOrInterval = Annotated[
     str,
+    RealDates,
     Field(
         pattern=TIME_OR_INTERVAL_PATTERN,
         description=(
@@ -55,6 +104,10 @@ TimeOrInterval = Annotated[
 _WHEN = TIME_PATTERN.removeprefix("^").removesuffix("$")
 WINDOW_PATTERN = f"^{_WHEN}/{_WHEN}$"
 DURATION_PATTERN = r"^P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+S)?)?$"
+PATTERN_WORDS[WINDOW_PATTERN] = (
+    "START/END: two ISO 8601 dates or date-times, e.g. 2024-05-01/2024-09-30"
+)
+PATTERN_WORDS[DURATION_PATTERN] = "an ISO 8601 duration, e.g. P1M, P7D or P1Y"
 MaxCandidates = Annotated[
     int,
     Field(
@@ -85,7 +138,7 @@ class Clearest(BaseModel):
         },
     )
 
-    window: str = Field(
+    window: Annotated[str, RealDates] = Field(
         pattern=WINDOW_PATTERN,
         max_length=80,
         description="start/end (ISO 8601 dates or date-times, both inclusive).",
@@ -169,8 +222,10 @@ class ImageFields(BaseModel):
         description="Coordinate reference system of the bbox.",
         examples=["EPSG:4326"],
     )
-    width: int = Field(default=512, ge=1, le=16384, description="Image width in pixels.")
-    height: int = Field(default=512, ge=1, le=16384, description="Image height in pixels.")
+    # The upper bound is the service's `max_image_px` (4096 by default): its OpenAPI document
+    # states it as `maximum`, and a larger value is refused with that limit named.
+    width: int = Field(default=512, ge=1, description="Image width in pixels.")
+    height: int = Field(default=512, ge=1, description="Image height in pixels.")
     format: Literal["image/png", "image/jpeg"] = Field(default="image/png")
     style: str | None = Field(default=None, max_length=256, pattern=LAYER_PATTERN)
 
@@ -659,7 +714,7 @@ class TimeseriesRequest(ImageFields):
     end: Time | None = None
     step: str | None = Field(
         default=None,
-        pattern=r"^P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+S)?)?$",
+        pattern=DURATION_PATTERN,
         max_length=32,
         description="ISO 8601 duration between dates, e.g. P1M, P7D, P1Y.",
         examples=["P1M"],

@@ -10,7 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from satapi.deps import ImagesDep, ResourcesDep
 from satapi.layercheck import check_tile
-from satapi.models import LAYER_PATTERN, TIME_PATTERN
+from satapi.models import LAYER_PATTERN, Time
 from satapi.routers.headonly import without_body
 from satapi.tiles import MAX_ZOOM, tile_plan, warp_rows
 
@@ -43,9 +43,7 @@ async def get_tile(
         str | None,
         Query(pattern=LAYER_PATTERN, description="WMS layer; the provider's default if omitted."),
     ] = None,
-    time: Annotated[
-        str | None, Query(pattern=TIME_PATTERN, description="The WMS TIME value, if any.")
-    ] = None,
+    time: Annotated[Time | None, Query(description="The WMS TIME value, if any.")] = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """A 256 x 256 GetMap in EPSG:3857, fetched through the image store like any image: stored,

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from satapi.errors import SatapiError, status_for
+from satapi.models import PATTERN_WORDS
 
 log = logging.getLogger("satapi.errors")
 
@@ -60,15 +61,51 @@ def error_response(error: SatapiError, request_id: str | None) -> JSONResponse:
     )
 
 
-def _describe_validation(exc: RequestValidationError) -> str:
+def _describe_validation(exc: RequestValidationError, request: Request) -> str:
+    errors = exc.errors()
+    whole = _whole_body_problem(errors, exc.body, request)
+    if whole is not None:
+        return whole
     parts = []
-    for err in exc.errors()[:5]:
+    for err in errors[:5]:
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
         where = ".".join(loc) or "request"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    more = len(exc.errors()) - 5
+        parts.append(f"{where}: {_in_words(err)}")
+    more = len(errors) - 5
     suffix = f" (and {more} more)" if more > 0 else ""
     return "Invalid request: " + "; ".join(parts) + suffix + "."
+
+
+def _in_words(err: Any) -> str:
+    """pydantic's message, with a pattern said as what it expects instead of the expression."""
+    if err.get("type") == "string_pattern_mismatch":
+        pattern = (err.get("ctx") or {}).get("pattern", "")
+        return "must be " + PATTERN_WORDS.get(pattern, "in the documented form (see /docs)")
+    return str(err.get("msg", "invalid"))
+
+
+def _whole_body_problem(errors: Any, body: Any, request: Request) -> str | None:
+    """A sentence for a body that is not JSON at all: not sent as JSON, or not parseable."""
+    if len(errors) != 1:
+        return None
+    err = errors[0]
+    loc = tuple(err.get("loc", ()))
+    if err.get("type") == "json_invalid" and len(loc) == 2 and isinstance(body, str):
+        pos = int(loc[1])
+        line = body.count("\n", 0, pos) + 1
+        column = pos - (body.rfind("\n", 0, pos) + 1) + 1
+        what = (err.get("ctx") or {}).get("error", "not valid JSON")
+        return f"The body is not valid JSON: {what} at line {line}, column {column}."
+    content_type = request.headers.get("content-type", "")
+    if loc == ("body",) and err.get("type") in ("model_attributes_type", "dict_type"):
+        if "json" not in content_type.lower():
+            sent = f"was sent as {content_type!r}" if content_type else "had no Content-Type"
+            return (
+                "The body must be a JSON object sent with Content-Type: application/json; "
+                f"this one {sent}."
+            )
+        return "The body must be a JSON object ({...}), not another JSON value."
+    return None
 
 
 def add_exception_handlers(app: FastAPI) -> None:
@@ -86,7 +123,7 @@ def add_exception_handlers(app: FastAPI) -> None:
         ]
         return JSONResponse(
             error_body(
-                _describe_validation(exc),
+                _describe_validation(exc, request),
                 "validation_error",
                 request_id_of(request),
                 {"details": details},
