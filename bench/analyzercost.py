@@ -11,7 +11,7 @@ every figure is the best of `--rounds` rounds, each round repeating the step unt
 file), `decode` Pillow to a pixel array, `classify` the per-pixel classes with brightness and
 colour counts, `metrics` the fractions, mean brightness and dominant colours; `vision` is what
 one local-analyzer request runs in worker threads (verify, then decode + classify + metrics +
-summary). Each size is measured twice: the code path before issue 14 (RGBA decode and the
+summary). Each size is measured twice: the former code path (RGBA decode and the
 rule-by-rule scan, still in `pixels._scan_by_rules` as the reference) and today's (RGB decode
 and the 2^24-entry class table); the run first checks that both give the same metrics.
 """
@@ -51,7 +51,7 @@ def _cpu_ms(fn: Callable[[], object], rounds: int, min_time: float) -> float:
 
 
 def _analyse_before(data: bytes, max_px: int) -> tuple[dict[str, Any], str]:
-    """The analyzer as it was before issue 14: RGBA decode, then the rule-by-rule scan."""
+    """The former analyzer: RGBA decode, then the rule-by-rule scan."""
     metrics = pixels._metrics(pixels._scan_by_rules(pixels.decode_rgba(data, max_px)))
     return metrics, pixels.summarize(metrics)
 

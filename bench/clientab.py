@@ -1,4 +1,4 @@
-"""A/B of satapi's WMS HTTP transport, in-process: server CPU per download (issue 14, part 4).
+"""A/B of satapi's WMS HTTP transport, in-process: server CPU per download.
 
     .venv/bin/python -m bench.clientab [--n 600] [--concurrency 200] [--latency 0.5] [--rounds 3]
 

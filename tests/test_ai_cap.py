@@ -1,4 +1,4 @@
-"""The AI cap (issue 14): at most `max_concurrent_ai` Claude calls, shedding, metrics.
+"""The AI cap: at most `max_concurrent_ai` Claude calls, shedding, metrics.
 
 The app runs in-process; the WMS is mocked with respx and the Messages API is the fake server
 on 127.0.0.1, which counts the calls it is answering at once.

@@ -1,4 +1,4 @@
-"""The AI cap shared by a fleet (issue 14): two apps sharing one real redis-server.
+"""The AI cap shared by a fleet: two apps sharing one real redis-server.
 
 Two app instances run in this process (each with its own `RedisCoordinator`, so to Redis they are
 two processes); the WMS is mocked with respx and the Messages API is the fake server on

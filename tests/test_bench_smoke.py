@@ -144,7 +144,7 @@ def test_s3clients_measures_both_clients() -> None:
 
 
 def test_analyzercost_measures_both_code_paths() -> None:
-    # The in-process micro-benchmark of the local analyzer (issue 14): both code paths, every
+    # The in-process micro-benchmark of the local analyzer: both code paths, every
     # step, and the check that they agree on the scene's metrics.
     done = subprocess.run(
         [
@@ -179,7 +179,7 @@ def test_analyzercost_measures_both_code_paths() -> None:
 
 
 def test_clientab_measures_both_transports() -> None:
-    # The WMS transport A/B (issue 14): satapi's aiohttp transport and the former httpcore2 one.
+    # The WMS transport A/B: satapi's aiohttp transport and the former httpcore2 one.
     done = subprocess.run(
         [
             sys.executable,

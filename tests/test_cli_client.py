@@ -177,7 +177,7 @@ def test_console_script_help_and_a_real_run(served: str, tmp_path: Path) -> None
     assert "30x18 image/png" in ran.stdout
 
 
-# --- clearest date (issue 13): the `cloudy` layer's dates have clouds of known extent -----------
+# --- clearest date: the `cloudy` layer's dates have clouds of known extent -----------
 
 CLOUDY = [
     "--bbox",

@@ -1,4 +1,4 @@
-"""Clearest date (issue 13) against the real MapServer WMS.
+"""Clearest date against the real MapServer WMS.
 
 The layer `cloudy` (tests/support/mapserver.py) has 13 dates under clouds of known extent, one
 of them with 40 % no-data and one whose file is corrupt (MapServer answers a ServiceException).

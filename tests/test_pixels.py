@@ -529,7 +529,7 @@ def test_encode_png_rejects_non_uint8() -> None:
         pixels.encode_png(np.zeros((2, 2, 3), dtype=np.float64))
 
 
-# --- the lookup-table scan against the rule-by-rule scan (issue 14) ----------------------------
+# --- the lookup-table scan against the rule-by-rule scan ----------------------------
 
 
 def _old_dominant_hexes(counts: np.ndarray) -> list[str]:

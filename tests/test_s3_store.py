@@ -1,4 +1,4 @@
-"""The S3 store against a real moto_server on 127.0.0.1 (issue 11: `store_url = s3://...`).
+"""The S3 store against a real moto_server on 127.0.0.1 (`store_url = s3://...`).
 
 * Store level: writes are whole and create-if-absent (a half-written image is never visible;
   two writers of one id: one wins and both read the same bytes), reads stream in bounded

@@ -1,4 +1,4 @@
-"""The `sentinelhub` provider kind against a fake Sentinel Hub on 127.0.0.1 (issue 12).
+"""The `sentinelhub` provider kind against a fake Sentinel Hub on 127.0.0.1.
 
 `tests.support.fake_sentinelhub.FakeSentinelHub` is a real HTTP server: an OAuth token endpoint
 issuing short-lived random tokens and a Process API that checks the bearer token and the body
@@ -842,7 +842,7 @@ async def test_clearest_mosaics_the_window_least_cloudy_first(
     api: httpx.AsyncClient, sh: FakeSentinelHub
 ) -> None:
     """No dates to list here: the whole window goes to the Process API with leastCC, and the
-    selection says no date was chosen (issue 13's last bullet)."""
+    selection says no date was chosen."""
     window = "2024-05-01/2024-09-30"
     r = await api.post("/api/images", json={"bbox": BBOX, "clearest": {"window": window}})
     assert r.status_code == 200, r.text

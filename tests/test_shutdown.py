@@ -114,7 +114,7 @@ async def test_sigterm_with_a_stuck_download_exits_within_the_grace_period(
         server.stop()
 
 
-# --- answers during shutdown (issue 16) ------------------------------------------------------
+# --- answers during shutdown ------------------------------------------------------
 
 
 def assert_no_asgi_traceback(server: SatapiProcess) -> None:

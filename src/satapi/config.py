@@ -35,7 +35,7 @@ EOX_ATTRIBUTION = (
     "(Contains modified Copernicus Sentinel data)"
 )
 
-# --- Sentinel Hub / CDSE Process API providers (issue 12) ---------------------------------------
+# --- Sentinel Hub / CDSE Process API providers ---------------------------------------
 CDSE_URL = "https://sh.dataspace.copernicus.eu"
 CDSE_OAUTH_URL = (
     "https://identity.dataspace.copernicus.eu/auth/realms/CDSE/protocol/openid-connect/token"
@@ -98,7 +98,7 @@ class ProviderConfig(BaseModel):
         ),
     )
 
-    # kind = "sentinelhub" (issue 12): OAuth client credentials and the Process API request.
+    # kind = "sentinelhub": OAuth client credentials and the Process API request.
     token_url: str | None = Field(
         default=None, description="sentinelhub: the OAuth2 token endpoint (client credentials)."
     )
@@ -310,11 +310,11 @@ class Settings(BaseSettings):
     ai_max_pixels: int = Field(default=1_150_000, ge=4096)
     ai_max_tokens: int = Field(default=1500, ge=16)
 
-    # AI cap (issue 14): concurrent Claude calls, and how many may queue before 503 ai_busy.
+    # AI cap: concurrent Claude calls, and how many may queue before 503 ai_busy.
     max_concurrent_ai: int = Field(default=16, ge=1, le=10_000)
     max_ai_waiting: int = Field(default=200, ge=0, le=1_000_000)
 
-    # -- Scale-out: Redis coordination (issue 11) --
+    # -- Scale-out: Redis coordination --
     redis_url: SecretStr | None = Field(
         default=None,
         description="redis://[:password@]host:port/db (or rediss://, unix://): caps, waiting "
@@ -373,7 +373,7 @@ class Settings(BaseSettings):
     webhook_attempts: int = Field(default=5, ge=1, le=20)
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
 
-    # Clearest date (issue 13): candidate previews and the in-memory selection cache.
+    # Clearest date: candidate previews and the in-memory selection cache.
     preview_px: int = Field(
         default=256, ge=16, le=2048, description="Long edge of a candidate's preview, in pixels."
     )
@@ -382,7 +382,7 @@ class Settings(BaseSettings):
     # glibc malloc arenas for the process (0: glibc's default of 8 per core); see cpu.py.
     malloc_arenas: int = Field(default=2, ge=0, le=64)
 
-    # --- shared object store (issue 11): where images, records and analyses live -----------------
+    # --- shared object store: where images, records and analyses live -----------------
     # Unset: the file store under data_dir. The AWS_* variables are read under their standard
     # names, as AWS tools read them (an SATAPI_-prefixed name or the TOML key works too).
     store_url: str | None = Field(
@@ -455,7 +455,7 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL")
         return value
 
-    # Reliability round two (issue 16): shutdown and full disks.
+    # Shutdown and full disks.
     # Seconds between SIGTERM and closing the listener, during which /readyz answers 503.
     shutdown_delay_s: float = Field(default=0.0, ge=0, le=600)
 
@@ -466,7 +466,7 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: Any) -> Any:
         return _split_commas(value)
 
-    # Blank settings (gaps round): an empty or whitespace-only value is no value. An exported
+    # Blank settings: an empty or whitespace-only value is no value. An exported
     # but empty ANTHROPIC_API_KEY (a template, `ANTHROPIC_API_KEY=`) means the local analyzer,
     # not a Claude analyzer whose every call fails authentication; likewise for the AWS and
     # Redis settings, where "" was sent as a credential or refused as a URL.

@@ -81,7 +81,7 @@ class TooManyDates(InvalidRequest):
     code = "too_many_dates"
 
 
-# --- clearest-date selection (issue 13) ---------------------------------------------------------
+# --- clearest-date selection ---------------------------------------------------------
 
 
 class NoDatesInWindow(InvalidRequest):
@@ -153,7 +153,7 @@ class Overloaded(SatapiError):
     code = "overloaded"
 
 
-# --- shared backends (issue 11: the object store; Redis coordination uses the same class) -----
+# --- shared backends (the object store; Redis coordination uses the same class) -----
 
 
 class BackendUnavailable(SatapiError):
@@ -179,7 +179,7 @@ class BackendUnavailable(SatapiError):
         super().__init__(message, retry_after=retry_after, extra=extra)
 
 
-# --- storage (reliability round two, issue 16) -------------------------------------------------
+# --- storage -------------------------------------------------
 
 
 class StoreFull(SatapiError):
@@ -233,7 +233,7 @@ class UpstreamBusy(UpstreamError):
     code = "upstream_busy"
 
 
-# --- OAuth imagery providers (Sentinel Hub / CDSE Process API, issue 12) -----------------------
+# --- OAuth imagery providers (Sentinel Hub / CDSE Process API) -----------------------
 
 
 class ProviderAuthError(UpstreamError):

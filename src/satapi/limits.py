@@ -81,7 +81,7 @@ async def open_coordination(
     return coordinator, limiter, FleetFlights(coordinator)
 
 
-# --- AI calls (issue 14) -------------------------------------------------------------------------
+# --- AI calls -------------------------------------------------------------------------
 
 
 class SlotLimiter(Protocol):

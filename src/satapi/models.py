@@ -99,7 +99,7 @@ TimeOrInterval = Annotated[
 ]
 
 
-# --- clearest date (issue 13) ---------------------------------------------------------------------
+# --- clearest date ---------------------------------------------------------------------
 
 _WHEN = TIME_PATTERN.removeprefix("^").removesuffix("$")
 WINDOW_PATTERN = f"^{_WHEN}/{_WHEN}$"

@@ -96,7 +96,7 @@ ERROR_BY_CODE: dict[str, type[SatapiError]] = {
     "payload_too_large": InvalidRequestError,
     "overloaded": OverloadedError,
     "ai_busy": OverloadedError,
-    "shutting_down": OverloadedError,  # reliability round two (issue 16)
+    "shutting_down": OverloadedError,
     "store_full": ServerError,
     "upstream_error": UpstreamError,
     "wms_exception": UpstreamError,

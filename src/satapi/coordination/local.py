@@ -122,7 +122,7 @@ class LocalLimiter:
             await asyncio.sleep(delay)
 
 
-# --- AI calls (issue 14) -------------------------------------------------------------------------
+# --- AI calls -------------------------------------------------------------------------
 
 # Called once per `slot()` with ("granted", seconds waited), ("shed", 0.0) or
 # ("cancelled", seconds waited): metrics' AI queue series.
@@ -205,7 +205,7 @@ class LocalSlotLimiter:
             self._observe(outcome, waited_s)
 
 
-# --- OAuth token cache (Sentinel Hub / CDSE, issue 12) -----------------------------------------
+# --- OAuth token cache (Sentinel Hub / CDSE) -----------------------------------------
 
 
 class LocalTokenCache:

@@ -801,7 +801,7 @@ class FleetFlights:
         return self._coord.acquire(self._coord.semaphore("flight:" + key, 1))
 
 
-# --- AI calls (issue 14) -------------------------------------------------------------------------
+# --- AI calls -------------------------------------------------------------------------
 
 
 class RedisSlotLimiter:

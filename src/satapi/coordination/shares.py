@@ -25,7 +25,7 @@ class LocalCaps:
     min_intervals: dict[str, float]
     max_waiting: int
     workers: int
-    # The AI cap (issue 14): `max_concurrent_ai` and `max_ai_waiting`, shared the same way.
+    # The AI cap: `max_concurrent_ai` and `max_ai_waiting`, shared the same way.
     ai_cap: int
     ai_max_waiting: int
 

@@ -87,7 +87,7 @@ class AnalysisFinished(Event):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StoreCallFailed(Event):
-    """A call to the shared object store failed (issue 11).
+    """A call to the shared object store failed.
 
     `operation` is `get`, `put` or `delete`; `kind` is `refused` (credentials), `no_bucket`,
     `timeout` or `unavailable` (unreachable, or a server error).
@@ -115,7 +115,7 @@ class LoopLagSampled(Event):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RedisCallFailed(Event):
-    """A call to Redis (the fleet's coordination backend, issue 11) failed.
+    """A call to Redis (the fleet's coordination backend) failed.
 
     `operation`: `acquire`, `acquire_retry`, `release`, `renew`, `stats`, `subscribe`, `ping`,
     `value_get`, `value_set`, `value_delete`.
@@ -124,7 +124,7 @@ class RedisCallFailed(Event):
     operation: str
 
 
-# Clearest-date selection (issue 13).
+# Clearest-date selection.
 SELECTION_OUTCOMES = ("ok", "cached", "too_cloudy", "error", "cancelled")
 
 
@@ -147,7 +147,7 @@ class SelectionFinished(Event):
     error: str | None = None
 
 
-# OAuth tokens (Sentinel Hub / CDSE, issue 12).
+# OAuth tokens (Sentinel Hub / CDSE).
 TOKEN_OUTCOMES = ("ok", "refused", "busy", "error")
 TOKEN_REASONS = ("new", "after_401")
 

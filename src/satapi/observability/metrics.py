@@ -340,7 +340,7 @@ class Metrics:
             ["analyzer", "model"],
             registry=r,
         )
-        # Clearest-date selection (issue 13).
+        # Clearest-date selection.
         self.selections = Counter(
             "satapi_selections",
             "Clearest-date selections by provider and outcome (ok, cached, too_cloudy, ...).",
