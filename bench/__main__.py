@@ -35,10 +35,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import report, scenarios
 from bench.driver import tree_cpu_seconds
 from bench.procs import OUT_DIR, REPO_ROOT
-from bench.scenarios import FULL, SCENARIOS, SMOKE, SYSTEMS, Env, Fleet
+from bench.scaleout import scenario7
+from bench.scenarios import FULL, SMOKE, SYSTEMS, Env, Fleet
+
+SCENARIOS = {**scenarios.SCENARIOS, 7: scenario7}
 
 
 def _log(text: str) -> None:

@@ -44,7 +44,6 @@ from bench.fake_ai import command as fake_ai_command
 from bench.fake_ai import fetch_stats as fetch_ai_stats
 from bench.fake_ai import reset_stats as reset_ai_stats
 from bench.procs import OUT_DIR, REPO_ROOT, ServerProcess, free_port
-from bench.scaleout import scenario7
 from bench.upstream import fetch_stats, reset_stats, upstream_command
 
 SYSTEMS = ("satapi", "satapi-2w", "satapi-2w-redis", "baseline-sync", "baseline-gthread")
@@ -1228,6 +1227,7 @@ def _share(value: float | None, ideal: float) -> str:
     return "–" if value is None or not ideal else f"{value / ideal:.0%}"
 
 
+# Scenario 7 (several processes, `bench.scaleout`) builds on these; `bench.__main__` adds it.
 SCENARIOS: dict[int, Callable[[Env], dict[str, Any]]] = {
     0: scenario0,
     1: scenario1,
@@ -1236,5 +1236,4 @@ SCENARIOS: dict[int, Callable[[Env], dict[str, Any]]] = {
     4: scenario4,
     5: scenario5,
     6: scenario6,
-    7: scenario7,
 }

@@ -35,7 +35,8 @@ from pydantic import SecretStr
 from satapi.app import create_app
 from satapi.config import Settings, load_settings
 from satapi.errors import BackendUnavailable, StoreFull
-from satapi.storage import ImageRecord, open_stores
+from satapi.storage import ImageRecord
+from satapi.stores import open_stores
 from satapi.stores.s3 import S3AnalysisStore, S3ImageStore, S3Options, open_s3_stores
 from tests.conftest import WMS_URL, png_bytes
 from tests.support.fault_upstream import FaultUpstream, SatapiProcess, free_port

@@ -10,8 +10,8 @@ import pytest
 
 from satapi import cli
 from satapi.config import Settings
+from satapi.coordination import make_ai_limiter, make_limiter
 from satapi.coordination.shares import ShareError, local_caps
-from satapi.limits import make_ai_limiter, make_limiter
 from satapi.observability.events import NullObserver
 
 

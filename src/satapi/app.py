@@ -19,11 +19,12 @@ from satapi.analyzers.base import Analyzer
 from satapi.analyzers.local import LocalAnalyzer
 from satapi.app_state import Resources
 from satapi.config import Settings, load_settings
+from satapi.coordination import make_ai_limiter, make_token_cache, open_coordination
 from satapi.cpu import CpuRunner, limit_malloc_arenas
 from satapi.imagery import ImageService
 from satapi.jobs.runner import ProgressObserver
 from satapi.jobs.service import open_jobs
-from satapi.limits import SlotLimiter, make_ai_limiter, open_coordination
+from satapi.limits import SlotLimiter
 from satapi.models import LAYER_CHECK_EXAMPLES, ErrorResponse
 from satapi.observability.events import (
     LoopLagSampled,
@@ -36,6 +37,7 @@ from satapi.observability.events import (
 from satapi.observability.logs import LogObserver, setup_logging
 from satapi.observability.looplag import lag_sampler
 from satapi.observability.metrics import Metrics
+from satapi.providers import make_image_client
 from satapi.providers.netguard import GuardedResolver, Resolver, system_resolver
 from satapi.providers.transport import AiohttpTransport
 from satapi.routers import (
@@ -51,8 +53,7 @@ from satapi.routers import (
 )
 from satapi.routers.metrics import router as metrics_router
 from satapi.selection import CapabilitiesDates, Selector
-from satapi.storage import open_stores
-from satapi.tokens import make_token_cache
+from satapi.stores import open_stores
 from satapi.urlpolicy import UrlPolicy
 from satapi.web.access_log import AccessLogMiddleware
 from satapi.web.docs import install_docs
@@ -66,7 +67,6 @@ from satapi.web.middleware import (
 from satapi.web.shutdown import ShutdownMiddleware, ShutdownState, process_shutdown
 from satapi.web.shutdown import watch_signals as _watch_signals
 from satapi.web.viewer import install_viewer
-from satapi.wms_client import make_image_client
 
 log = logging.getLogger("satapi")
 

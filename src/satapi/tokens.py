@@ -15,8 +15,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from satapi.config import Settings
-
 # Refresh this long before a token runs out (at most; a tenth of a short token's life).
 REFRESH_MARGIN_S = 60.0
 
@@ -133,15 +131,3 @@ def decode_token(raw: bytes) -> Token:
     """The token `encode_token` stored."""
     doc = json.loads(raw)
     return Token(value=str(doc["value"]), refresh_at=float(doc["refresh_at"]))
-
-
-def make_token_cache(settings: Settings, shared: SharedValues | None = None) -> TokenCache:
-    """The token cache: shared through `shared` (the app passes its Redis coordinator, which
-    exists when `redis_url` is set) so the fleet asks once per expiry, else kept in-process.
-    """
-    del settings  # the choice is made by whoever opened the coordination backend
-    if shared is not None:
-        return SharedTokenCache(shared)
-    from satapi.coordination.local import LocalTokenCache
-
-    return LocalTokenCache()

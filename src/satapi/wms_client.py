@@ -1,8 +1,10 @@
-"""The image-client seam: request and target value types, the client protocol, retries, factory.
+"""The image-client seam every provider implements: the request and target value types, the
+`ImageClient` protocol, the retry policy, and `ImageClients`, which dispatches by provider name.
 
-Each provider kind implements `ImageClient` in `satapi.providers` (`providers/wms.py` for OGC WMS,
-`providers/sentinelhub.py` for the Sentinel Hub / CDSE Process API); `ImageClients` dispatches by
-provider name, so `ImageService` and the routers see only this protocol and never the kind.
+The WMS fetcher itself (GetMap, GetCapabilities, the capabilities cache) is `WMSClient` in
+`satapi/providers/wms.py`; the Sentinel Hub / CDSE Process API client is
+`providers/sentinelhub.py`; `satapi.providers.make_image_client` builds them from the settings.
+`ImageService` and the routers see only this protocol, never the kind.
 """
 
 from __future__ import annotations
@@ -25,14 +27,7 @@ from satapi.errors import InvalidBBox, SatapiError, UnknownProvider, UpstreamBus
 from satapi.storage import ImageWriter
 
 if TYPE_CHECKING:
-    import httpx2
-
-    from satapi.config import Settings
-    from satapi.cpu import CpuRunner
-    from satapi.limits import Limiter
-    from satapi.observability.events import Observer
-    from satapi.tokens import TokenCache
-    from satapi.urlpolicy import UrlPolicy
+    pass
 
 FORMATS = ("image/png", "image/jpeg")
 # EPSG geographic CRSs whose WMS 1.3.0 axis order is latitude first.
@@ -377,59 +372,3 @@ class ImageClients:
     async def layers(self, name: str, *, refresh: bool = False) -> list[LayerInfo]:
         """Provider `name`'s layers (capabilities for WMS, the collection for Sentinel Hub)."""
         return await self._clients[self.provider(name).kind].layers(name, refresh=refresh)
-
-
-def make_image_client(
-    settings: Settings,
-    http: httpx2.AsyncClient,
-    limiter: Limiter,
-    *,
-    policy: UrlPolicy,
-    cpu: CpuRunner,
-    observer: Observer | None = None,
-    tokens: TokenCache | None = None,
-) -> ImageClient:
-    """The image clients of every configured provider kind, sharing one HTTP client and limiter.
-
-    `tokens` shares OAuth tokens (Sentinel Hub); by default `satapi.tokens.make_token_cache`.
-    """
-    from satapi.providers.wms import WMSClient
-
-    retry = RetryPolicy(
-        attempts=settings.retry_attempts,
-        wait_initial=settings.retry_wait_initial_s,
-        wait_max=settings.retry_wait_max_s,
-    )
-    clients: dict[str, ImageClient] = {
-        "wms": WMSClient(
-            http,
-            limiter,
-            providers=settings.providers,
-            policy=policy,
-            cpu=cpu,
-            max_bytes=settings.max_image_bytes,
-            total_timeout_s=settings.wms_total_timeout_s,
-            retry=retry,
-            secrets=settings.secrets,
-            capabilities_ttl_s=settings.capabilities_ttl_s,
-            observer=observer,
-        )
-    }
-    oauth = {n: p for n, p in settings.providers.items() if p.kind == "sentinelhub"}
-    if oauth:
-        # Imported here: a WMS-only service never loads the OAuth client.
-        from satapi.providers.sentinelhub import SentinelHubClient
-        from satapi.tokens import make_token_cache
-
-        clients["sentinelhub"] = SentinelHubClient(
-            http,
-            limiter,
-            providers=oauth,
-            tokens=tokens if tokens is not None else make_token_cache(settings),
-            max_bytes=settings.max_image_bytes,
-            total_timeout_s=settings.wms_total_timeout_s,
-            retry=retry,
-            secrets=settings.secrets,
-            observer=observer,
-        )
-    return ImageClients(settings.providers, clients)

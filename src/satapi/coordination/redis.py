@@ -34,7 +34,7 @@ API (one `RedisCoordinator` per process; everything else hangs off it)::
                           # refreshed every second in the background (for metrics)
 
     # Every process must give the same capacity (and limits) for the same name. For the fleet
-    # AI cap, `RedisSlotLimiter` maps `Overloaded` to `AIBusy` (see `limits.make_ai_limiter`).
+    # AI cap, `RedisSlotLimiter` maps `Overloaded` to `AIBusy` (see `coordination.make_ai_limiter`).
 
     # A mutex: a semaphore of capacity 1. `FleetFlights(coord).hold(key)` is one per key (single
     # flight of image downloads: `ImageService(fleet=...)`).
@@ -84,7 +84,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from satapi.coordination import redis_scripts
+import satapi.coordination.redis_scripts as redis_scripts
 from satapi.errors import BackendUnavailable, Overloaded, SatapiError
 from satapi.limits import SlotStats
 
