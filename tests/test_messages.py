@@ -77,6 +77,7 @@ async def test_a_bad_field_is_said_in_words(
     assert f"{where}: " in answer["error"] and words in answer["error"]
     assert "\\d" not in answer["error"] and "^" not in answer["error"]  # no regular expression
     assert answer["details"][0]["loc"][:2] == ["body", where.split(".")[0]]
+    assert "\\d" not in answer["details"][0]["msg"]  # the details say it in words too
 
 
 async def test_a_series_and_a_tile_check_their_dates_too(client: httpx.AsyncClient) -> None:
