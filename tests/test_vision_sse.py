@@ -110,7 +110,8 @@ class ThreadedServer:
 class TinyWMS:
     """A minimal real WMS: GetMap answers a PNG of the requested WIDTH x HEIGHT after `latency`.
 
-    LAYERS=broken answers an OGC ServiceException (HTTP 200, XML). Counts requests in flight
+    LAYERS=broken answers an OGC ServiceException (HTTP 200, XML); LAYERS=flaky answers 503 to
+    its first `flaky_failures` requests. Counts requests in flight
     (and the maximum), and requests whose client closed the connection before the answer.
     """
 
@@ -124,11 +125,12 @@ class TinyWMS:
         self.cancelled = 0
         self.layers: list[str] = []
         self.times: list[str] = []
+        self.flaky_failures = 0
 
     def reset_counters(self) -> None:
         """Forget counts (not the latency)."""
         with self._lock:
-            self.calls = self.max_in_flight = self.cancelled = 0
+            self.calls = self.max_in_flight = self.cancelled = self.flaky_failures = 0
             self.layers = []
             self.times = []
 
@@ -167,6 +169,13 @@ class TinyWMS:
         if params.get("LAYERS") == "broken":
             await _respond(send, SERVICE_EXCEPTION, "application/vnd.ogc.se_xml")
             return
+        if params.get("LAYERS") == "flaky":
+            with self._lock:
+                fail = self.flaky_failures > 0
+                self.flaky_failures -= fail
+            if fail:
+                await _respond(send, b"busy", "text/plain", status=503)
+                return
         width, height = int(params["WIDTH"]), int(params["HEIGHT"])
         buf = io.BytesIO()
         Image.new("RGB", (width, height), (34, 139, 34)).save(buf, format="PNG")
@@ -554,6 +563,21 @@ async def test_wms_exception_after_the_stream_started_is_an_error_event(
     assert error["wms_code"] == "LayerNotDefined"
     assert "Invalid layer(s)" in error["error"]
     assert tiny_wms.layers == ["broken"]
+
+
+async def test_a_retried_download_says_which_attempt_it_is(
+    http: httpx.AsyncClient, tiny_wms: TinyWMS
+) -> None:
+    tiny_wms.flaky_failures = 2  # two 503s, then the image: the third of three attempts
+    response, events = await stream(http, {**BODY, "layer": "flaky", "analyzer": "local"})
+    assert response.status_code == 200
+    downloading = [e.data for e in events if e.data.get("stage") == "downloading"]
+    assert downloading == [
+        {"stage": "downloading"},
+        {"stage": "downloading", "attempt": 2, "attempts": 3},
+        {"stage": "downloading", "attempt": 3, "attempts": 3},
+    ]
+    assert events[-1].event == "result"
 
 
 @pytest.mark.parametrize(

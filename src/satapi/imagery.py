@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from satapi.analyzers.base import DataWindow
 from satapi.cpu import CpuRunner
@@ -28,7 +28,9 @@ from satapi.storage import ImageRecord, ImageStore
 from satapi.urlpolicy import UrlPolicy
 from satapi.wms_client import DownloadStats, FetchTarget, GetMapRequest, ImageClient
 
-StageCallback = Callable[[str], None]
+# Hears a download's stages: `stage("downloading")`, with `attempt=` and `attempts=` keywords
+# when the download is a retry.
+StageCallback = Callable[..., None]
 
 
 class FleetFlightLock(Protocol):
@@ -64,11 +66,11 @@ class _Flight:
     transferring: bool = False
     listeners: list[StageCallback] = field(default_factory=list)
 
-    def stage(self, name: str) -> None:
+    def stage(self, name: str, /, **extra: Any) -> None:
         if name == "downloading":
             self.transferring = True
         for listener in list(self.listeners):
-            listener(name)
+            listener(name, **extra)
 
 
 class ImageService:
@@ -190,7 +192,7 @@ class ImageService:
     async def fetch_all(
         self,
         targets: Mapping[str, FetchTarget],
-        on_stage: Callable[[str, str], None] | None = None,
+        on_stage: Callable[..., None] | None = None,
         windows: Mapping[str, DataWindow | None] | None = None,
     ) -> dict[str, FetchedImage]:
         """Fetch several images concurrently (`asyncio.gather`); all or nothing.
@@ -202,7 +204,7 @@ class ImageService:
         """
 
         async def one(side: str, target: FetchTarget) -> FetchedImage:
-            stage = None if on_stage is None else (lambda s: on_stage(side, s))
+            stage = None if on_stage is None else (lambda s, **x: on_stage(side, s, **x))
             window = None if windows is None else windows.get(side)
             try:
                 return await self.fetch(target, on_stage=stage, data_window=window)
@@ -238,7 +240,7 @@ class ImageService:
     def _start(self, target: FetchTarget) -> _Flight:
         image_id = target.image_id
         flight: _Flight
-        task = asyncio.create_task(self._download(target, lambda s: flight.stage(s)))
+        task = asyncio.create_task(self._download(target, lambda s, **x: flight.stage(s, **x)))
         flight = _Flight(task=task)
         self._flights[image_id] = flight
 
@@ -340,7 +342,10 @@ class ImageService:
             raise
         try:
             await self.client.download(
-                target, writer, on_transfer=lambda: stage("downloading"), stats=stats
+                target,
+                writer,
+                on_transfer=lambda: stage("downloading", **_retry(stats)),
+                stats=stats,
             )
             await writer.finish()
             info = await self._cpu.run(
@@ -382,6 +387,13 @@ class ImageService:
     def downloads_in_progress(self) -> int:
         """Distinct downloads running now."""
         return len(self._flights)
+
+
+def _retry(stats: DownloadStats) -> dict[str, int]:
+    """`{"attempt": n, "attempts": max}` from the second attempt on; nothing for the first."""
+    if stats.attempts < 2:
+        return {}
+    return {"attempt": stats.attempts, "attempts": stats.max_attempts}
 
 
 def for_side(error: SatapiError, side: str) -> SatapiError:

@@ -187,6 +187,7 @@ class DownloadStats:
     queue_wait_s: float = 0.0
     transfer_s: float = 0.0
     attempts: int = 0
+    max_attempts: int = 1  # what the retry policy allows
     bytes: int = 0
     content_type: str = ""
 
@@ -249,6 +250,7 @@ class RetryPolicy:
         Each call counts in `stats.attempts`. When none succeeds, the last transient failure's
         error is raised; `UpstreamTimeout(timed_out)` when `total_timeout_s` passes first.
         """
+        stats.max_attempts = self.attempts
         try:
             async with asyncio.timeout(total_timeout_s):
                 async for retry in self.retrying():

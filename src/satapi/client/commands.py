@@ -321,7 +321,9 @@ def _narrate(event: Any) -> None:
         return
     if isinstance(event, StatusEvent):
         side = f" ({event.side})" if event.side else ""
-        print(f"[{event.stage}{side}]", file=sys.stderr)
+        attempt = event.data.get("attempt")
+        retry = f", attempt {attempt} of {event.data.get('attempts')}" if attempt else ""
+        print(f"[{event.stage}{side}{retry}]", file=sys.stderr)
     elif isinstance(event, ImageEvent):
         side = f"{event.side} " if event.side else ""
         print(f"[{side}image {event.image.width}x{event.image.height}]", file=sys.stderr)

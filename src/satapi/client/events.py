@@ -20,7 +20,9 @@ R = TypeVar("R", bound=BaseModel)
 
 @dataclass(frozen=True)
 class StatusEvent:
-    """A stage: `queued`, `downloading`, `downloaded`, `analyzing` (`side` on comparisons)."""
+    """A stage: `queued`, `downloading`, `downloaded`, `analyzing` (`side` on comparisons).
+    A download that is retried reports `downloading` again, with `data["attempt"]` and
+    `data["attempts"]` (e.g. 2 and 3)."""
 
     stage: str
     side: str | None = None

@@ -108,7 +108,9 @@ async def fetch_pair(
                 if report is not None:
                     data = selection[side].model_dump(mode="json")
                     emit(report, "selection", {"side": side, **data})
-    stage = None if report is None else (lambda side, s: report({"stage": s, "side": side}))
+    stage = (
+        None if report is None else (lambda side, s, **x: report({"stage": s, "side": side, **x}))
+    )
     pair = await images.fetch_all(
         {side: targets[side] for side in SIDES}, on_stage=stage, windows=plan.windows
     )

@@ -145,7 +145,7 @@ async def fetch_job(
 ) -> Got:
     """Select the date (with `clearest`; the stream hears `selecting` and `selection`), then
     download the image."""
-    on_stage = None if report is None else (lambda stage: report({"stage": stage}))
+    on_stage = None if report is None else (lambda stage, **x: report({"stage": stage, **x}))
     if job.plan is None:
         assert job.target is not None
         return Got(await images.fetch(job.target, on_stage=on_stage, data_window=job.window))

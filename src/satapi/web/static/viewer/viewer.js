@@ -476,7 +476,8 @@
     let result = null;
     for await (const event of events(response)) {
       if (event.name === "status") {
-        setStatus(event.data.stage + (event.data.side ? " (" + event.data.side + ")" : "") + "…");
+        const retry = event.data.attempt ? ", attempt " + event.data.attempt + " of " + event.data.attempts : "";
+        setStatus(event.data.stage + (event.data.side ? " (" + event.data.side + ")" : "") + retry + "…");
       } else if (event.name === "selection") {
         setStatus("chose " + (event.data.chosen || "the clearest date") + (event.data.side ? " (" + event.data.side + ")" : ""));
       } else if (event.name === "delta") {
