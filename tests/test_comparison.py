@@ -683,7 +683,7 @@ async def test_stream_failure_after_start_is_an_error_event_naming_the_side(
     ("body", "status", "code"),
     [
         ({"image1_url": _getmap_url(WMS_URL, BEFORE)}, 422, "validation_error"),
-        ({**LOCAL, "width": 100_000}, 422, "validation_error"),
+        ({**LOCAL, "width": 100_000}, 422, "invalid_request"),  # over max_image_px
         ({**LOCAL, "provider": "nope"}, 422, "unknown_provider"),
         ({**LOCAL, "analyzer": "claude"}, 400, "ai_not_configured"),
         (

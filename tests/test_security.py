@@ -259,7 +259,7 @@ async def test_redirect_to_another_local_server_never_reaches_it(
     [
         ({**BODY, "width": 5000}, "invalid_request"),
         ({**BODY, "height": 5000}, "invalid_request"),
-        ({**BODY, "width": 20000}, "validation_error"),
+        ({**BODY, "width": 20000}, "invalid_request"),  # one limit: max_image_px
         ({**BODY, "height": 0}, "validation_error"),
         ({"wms_url": GOOD_URL.replace("WIDTH=64", "WIDTH=5000")}, "invalid_request"),
     ],
