@@ -164,9 +164,7 @@ def test_no_overlap_names_the_extent() -> None:
 
 
 def test_unknown_extent_or_crs_gives_no_window() -> None:
-    assert (
-        data_window(SCENE, req(crs="EPSG:32632", bbox=(600000, 5000000, 700000, 5100000))) is None
-    )
+    assert data_window(SCENE, req(crs="EPSG:999999", bbox=(6e5, 5e6, 7e5, 5.1e6))) is None
     no_bbox = LayerInfo(name="scene", title=None, crs=[], bbox=None)
     assert data_window(no_bbox, req()) is None
 
@@ -191,3 +189,22 @@ def test_claude_is_told_the_covered_part() -> None:
     assert "left edge" in text
     whole = ImageInput(data=b"", content_type="image/png", data_window=DataWindow(0, 0, 1, 1))
     assert "Coverage" not in single_image_text(whole, None)
+
+
+def test_the_extent_is_projected_into_any_crs_proj_knows() -> None:
+    utm = LayerInfo(name="scene", title=None, crs=["EPSG:32632"], bbox=[10.0, 45.0, 14.0, 47.0])
+    from pyproj import Transformer
+
+    to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32632", always_xy=True)
+    x0, y0 = to_utm.transform(8.0, 45.5)
+    x1, y1 = to_utm.transform(12.0, 46.5)
+    window = data_window(utm, req(crs="EPSG:32632", bbox=(x0, y0, x1, y1)))
+    assert window is not None
+    # lon 8..10 of the box lies west of the layer: about half of it, give or take the grid's tilt
+    assert window.left == pytest.approx(0.5, abs=0.06)
+    assert window.right == 1.0
+    far = to_utm.transform(-20.0, 10.0) + to_utm.transform(-19.0, 11.0)
+    with pytest.raises(OutsideLayer):
+        data_window(utm, req(crs="EPSG:32632", bbox=(far[0], far[1], far[2], far[3])))
+    # A CRS PROJ does not know: the extent is not compared.
+    assert data_window(utm, req(crs="EPSG:999999", bbox=(x0, y0, x1, y1))) is None

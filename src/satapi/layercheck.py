@@ -173,7 +173,7 @@ def _mercator(lon: float, lat: float) -> tuple[float, float]:
 
 def layer_extent(info: LayerInfo, crs: str) -> tuple[float, float, float, float] | None:
     """The layer's geographic bounding box in `crs` (x/y order; lon/lat for geographic CRSs),
-    or None when it is not known or `crs` is neither geographic nor Web Mercator."""
+    or None when it is not known or PROJ cannot project it into `crs`."""
     if info.bbox is None or len(info.bbox) != 4:
         return None
     west, south, east, north = info.bbox
@@ -184,7 +184,24 @@ def layer_extent(info: LayerInfo, crs: str) -> tuple[float, float, float, float]
         x0, y0 = _mercator(west, south)
         x1, y1 = _mercator(east, north)
         return (x0, y0, x1, y1)
-    return None
+    return _projected(info.bbox, crs)
+
+
+def _projected(lonlat: Sequence[float], crs: str) -> tuple[float, float, float, float] | None:
+    """A lon/lat box in another CRS (`pyproj`, edges densified), or None when PROJ does not
+    know the CRS or the box does not project."""
+    from pyproj import Transformer
+    from pyproj.exceptions import CRSError, ProjError
+
+    try:
+        transformer = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+        west, south, east, north = lonlat
+        x0, y0, x1, y1 = transformer.transform_bounds(west, south, east, north, densify_pts=21)
+    except (CRSError, ProjError):
+        return None
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or not (x0 < x1 and y0 < y1):
+        return None
+    return (x0, y0, x1, y1)
 
 
 def data_window(info: LayerInfo, req: GetMapRequest) -> DataWindow | None:
