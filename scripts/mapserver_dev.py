@@ -1,6 +1,7 @@
 """Run the test suite's MapServer WMS in the foreground, for trying satapi offline.
 
-    python3 dev.py mapserver [--port 8081] [--dir /tmp/wms] [--procs 4] [--config FILE]
+    python3 dev.py mapserver [--port 8081] [--dir /tmp/wms] [--procs 4] [--max-size N]
+                             [--config FILE]
 
 Writes the satapi settings that use it to FILE (default `satapi.local.toml` beside dev.py) and
 prints where; start satapi with `SATAPI_CONFIG=satapi.local.toml python3 dev.py serve`.
@@ -60,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--procs", type=int, default=4, help="mapserv FastCGI processes")
     parser.add_argument(
+        "--max-size",
+        type=int,
+        default=None,
+        help="MapServer's MAXSIZE, the largest width/height of one GetMap (default: "
+        "$WMS_MAXSIZE or 4096); larger areas are fetched by satapi in tiles",
+    )
+    parser.add_argument(
         "--config",
         type=Path,
         default=ROOT / "satapi.local.toml",
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    wms = MapServerWMS(args.dir, port=args.port, procs=args.procs)
+    wms = MapServerWMS(args.dir, port=args.port, procs=args.procs, max_size=args.max_size)
     try:
         with wms:
             config = write_local_config(args.config, wms)

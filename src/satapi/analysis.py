@@ -306,4 +306,5 @@ def _image_input(label: str, fetched: FetchedImage, data: bytes) -> ImageInput:
         crs=record.crs,
         time=record.time,
         data_window=fetched.data_window,
+        region=fetched.region,
     )

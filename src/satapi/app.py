@@ -187,10 +187,14 @@ async def open_resources(
         cache_ttl_s=settings.cache_ttl_s,
         observer=observer,
         fleet=flights,
+        max_area_pixels=settings.max_area_pixels,
+        max_vertices=settings.max_geometry_vertices,
     )
     await analyses.start()
     analyzers: dict[str, Analyzer] = {
-        "local": LocalAnalyzer(cpu, max_pixels=settings.max_image_px**2)
+        "local": LocalAnalyzer(
+            cpu, max_pixels=max(settings.max_image_px**2, settings.max_area_pixels)
+        )
     }
     ai_client = None
     ai_limiter: SlotLimiter | None = None

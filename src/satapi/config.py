@@ -98,6 +98,17 @@ class ProviderConfig(BaseModel):
         ),
     )
 
+    max_size: int | None = Field(
+        default=None,
+        ge=16,
+        le=16384,
+        description=(
+            "The largest width or height the provider serves in one request; larger images "
+            "are fetched as a grid of tiles and stitched. Default: the WMS capabilities' "
+            "MaxWidth/MaxHeight, 2500 for sentinelhub."
+        ),
+    )
+
     # kind = "sentinelhub": OAuth client credentials and the Process API request.
     token_url: str | None = Field(
         default=None, description="sentinelhub: the OAuth2 token endpoint (client credentials)."
@@ -167,6 +178,14 @@ class ProviderConfig(BaseModel):
     def layer(self) -> str:
         """The layer used when a request names none: default_layer (wms) or the collection."""
         return self.default_layer if self.kind == "wms" and self.default_layer else self.collection
+
+    @property
+    def tile_limit(self) -> int | None:
+        """The configured largest width/height of one request (`max_size`; 2500 px for the
+        Process API), or None to go by the capabilities alone."""
+        if self.max_size is not None:
+            return self.max_size
+        return 2500 if self.kind == "sentinelhub" else None
 
     @property
     def mosaics_scenes(self) -> bool:
@@ -275,6 +294,10 @@ class Settings(BaseSettings):
     wms_total_timeout_s: float = Field(default=120.0, gt=0)
     max_image_px: int = Field(default=4096, ge=16, le=16384)
     max_image_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # Areas (`geometry`, `resolution`): the most pixels one image may have (a larger one is
+    # fetched in tiles and stitched), and the most vertices a geometry may have.
+    max_area_pixels: int = Field(default=25_000_000, ge=256, le=400_000_000)
+    max_geometry_vertices: int = Field(default=10_000, ge=4, le=1_000_000)
     retry_attempts: int = Field(default=3, ge=1, le=10)
     retry_wait_initial_s: float = Field(default=0.5, ge=0)
     retry_wait_max_s: float = Field(default=10.0, ge=0)

@@ -75,6 +75,18 @@ class OutsideLayer(InvalidRequest):
     code = "outside_layer"
 
 
+class InvalidGeometry(InvalidRequest):
+    """A `geometry` that is not a valid lon/lat Polygon or MultiPolygon (422)."""
+
+    code = "invalid_geometry"
+
+
+class AreaTooLarge(InvalidRequest):
+    """An image with more pixels than `max_area_pixels` (422)."""
+
+    code = "area_too_large"
+
+
 class TooManyDates(InvalidRequest):
     """A time series asks for more dates than allowed."""
 

@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import hashlib
+import logging
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from satapi.analyzers.base import DataWindow
+from satapi.analyzers.base import AreaOfInterest, DataWindow
+from satapi.areas import AreaInfo, Tile, area_info, check_pixels, tile_grid
 from satapi.cpu import CpuRunner
-from satapi.errors import InvalidRequest, SatapiError
+from satapi.errors import InvalidGeometry, InvalidRequest, SatapiError
 from satapi.imaging import verify_image
 from satapi.layercheck import check_request
+from satapi.mosaic import TIFF, build_mosaic
 from satapi.observability.events import (
     DownloadSettled,
     NullObserver,
@@ -31,6 +36,8 @@ from satapi.wms_client import DownloadStats, FetchTarget, GetMapRequest, ImageCl
 # Hears a download's stages: `stage("downloading")`, with `attempt=` and `attempts=` keywords
 # when the download is a retry.
 StageCallback = Callable[..., None]
+
+log = logging.getLogger("satapi.imagery")
 
 
 class FleetFlightLock(Protocol):
@@ -52,11 +59,31 @@ class FetchedImage:
     download_s: float = 0.0
     # The part of the image inside the layer's extent (None: all of it, or not known).
     data_window: DataWindow | None = None
+    # An area request: the polygon whose pixels count, and the figures of the area.
+    region: AreaOfInterest | None = None
+    area: AreaInfo | None = None
 
     @property
     def coverage(self) -> float | None:
         """The share of the image inside the layer's extent (0-1), when the extent is known."""
         return None if self.data_window is None else round(self.data_window.fraction, 4)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MosaicTarget(FetchTarget):
+    """An image made of a grid of GetMaps (or a GeoTIFF): each tile is an image of its own,
+    stored and single-flighted like any other; the stitched result is stored under an id
+    derived from the whole request, its format and the grid."""
+
+    tiles: tuple[tuple[Tile, FetchTarget], ...] = ()
+    out_format: str = "image/png"
+
+    @functools.cached_property
+    def image_id(self) -> str:
+        """sha256 of the whole image's canonical request, output format and tile grid."""
+        whole = FetchTarget.image_id.func(self)  # type: ignore[attr-defined]
+        grid = ";".join(f"{t.x},{t.y},{t.width},{t.height}" for t, _ in self.tiles)
+        return hashlib.sha256(f"mosaic:{whole}:{self.out_format}:{grid}".encode()).hexdigest()
 
 
 @dataclass
@@ -88,8 +115,12 @@ class ImageService:
         cache_ttl_s: float,
         observer: Observer | None = None,
         fleet: FleetFlightLock | None = None,
+        max_area_pixels: int = 25_000_000,
+        max_vertices: int = 10_000,
     ) -> None:
         self.client = client
+        self.max_area_pixels = max_area_pixels
+        self.max_vertices = max_vertices
         # Single flight across processes: the download of an image id runs under a fleet-wide
         # mutex; whoever gets it second finds the image in a shared store.
         self._fleet = fleet
@@ -108,13 +139,83 @@ class ImageService:
         """The download for `req` on `provider` (default provider when None), validated."""
         name = provider or self.default_provider
         config = self.client.provider(name)
+        if req.region is not None and req.region.vertices > self.max_vertices:
+            raise InvalidGeometry(
+                f"The geometry has {req.region.vertices} vertices; at most {self.max_vertices} "
+                "are accepted (max_geometry_vertices). Simplify it first.",
+                extra={"vertices": req.region.vertices, "limit": self.max_vertices},
+            )
         for side, value in (("width", req.width), ("height", req.height)):
-            if not 1 <= value <= self.max_px:
+            if value < 1 or (req.explicit_size and value > self.max_px):
                 raise InvalidRequest(
                     f"{side} must be between 1 and {self.max_px} pixels (the service's "
                     "max_image_px)."
                 )
-        return self.client.target(name, config, req)
+        if req.width * req.height > self.max_area_pixels:
+            check_pixels(req.bbox, req.crs, req.width, req.height, self.max_area_pixels)
+        if req.format != TIFF:
+            return self.client.target(name, config, req)
+        # A GeoTIFF is written by the service from PNG tiles, whatever the server offers.
+        target = self.client.target(name, config, dataclasses.replace(req, format="image/png"))
+        return dataclasses.replace(target, request=req)
+
+    async def tile_limit(self, name: str) -> tuple[int, int] | None:
+        """The largest width and height provider `name` serves in one request: its `max_size`
+        (2500 for the Process API) and its capabilities' MaxWidth/MaxHeight, the smaller."""
+        config = self.client.provider(name)
+        limits = [config.tile_limit]
+        if config.kind == "wms":
+            try:
+                layers = await self.client.layers(name)
+            except SatapiError as exc:
+                log.warning("capabilities of %s unavailable (%s); MaxWidth unknown", name, exc.code)
+                layers = []
+            if layers:  # MaxWidth/MaxHeight belong to the service: every layer has them
+                limits += [layers[0].max_width, layers[0].max_height]
+        widths = [v for v in (limits[0], *limits[1:2]) if v is not None]
+        heights = [v for v in (limits[0], *limits[2:3]) if v is not None]
+        if not widths and not heights:
+            return None
+        unlimited = self.max_area_pixels  # no limit on that side
+        return (min(widths, default=unlimited), min(heights, default=unlimited))
+
+    async def plan(self, target: FetchTarget) -> FetchTarget:
+        """`target`, or the `MosaicTarget` of its tiles when it is larger than its provider
+        serves at once or asks for a GeoTIFF."""
+        req = target.request
+        if req is None or isinstance(target, MosaicTarget):
+            return target
+        limit = await self.tile_limit(target.source)
+        max_w, max_h = limit if limit is not None else (req.width, req.height)
+        if req.format != TIFF and req.width <= max_w and req.height <= max_h:
+            return target
+        config = self.client.provider(target.source)
+        tile_format = "image/jpeg" if req.format == "image/jpeg" else "image/png"
+        tiles = tuple(
+            (
+                tile,
+                self.client.target(
+                    target.source,
+                    config,
+                    dataclasses.replace(
+                        req,
+                        bbox=tile.bbox,
+                        width=tile.width,
+                        height=tile.height,
+                        format=tile_format,
+                        region=None,
+                        resolution_m=None,
+                        explicit_size=True,
+                    ),
+                ),
+            )
+            for tile in tile_grid(req.bbox, req.width, req.height, max_w, max_h)
+        )
+        return MosaicTarget(
+            **{f.name: getattr(target, f.name) for f in dataclasses.fields(FetchTarget)},
+            tiles=tiles,
+            out_format=req.format,
+        )
 
     async def check(self, provider: str | None, req: GetMapRequest) -> DataWindow | None:
         """Refuse `req` when its layer's capabilities do not offer its layer, CRS, time or
@@ -140,10 +241,33 @@ class ImageService:
         `data_window` (from `check`) is carried on the result for the analyzers and answers.
         If every caller waiting for a download is cancelled, the download is cancelled too.
         """
-        fetched = await self._fetch(target, on_stage)
-        if data_window is None:
+        planned = await self.plan(target)
+        fetched = await self._fetch(planned, on_stage)
+        req = target.request
+        area = None
+        if req is not None and (
+            req.region is not None
+            or req.resolution_m is not None
+            or isinstance(planned, MosaicTarget)
+        ):
+            area = await self._cpu.run(
+                area_info,
+                req.region,
+                req.bbox,
+                req.crs,
+                width=fetched.record.width,
+                height=fetched.record.height,
+                resolution_m=req.resolution_m,
+                tiles=len(planned.tiles) if isinstance(planned, MosaicTarget) else 1,
+            )
+        if data_window is None and area is None:
             return fetched
-        return dataclasses.replace(fetched, data_window=data_window)
+        return dataclasses.replace(
+            fetched,
+            data_window=data_window,
+            region=None if req is None else req.region,
+            area=area,
+        )
 
     async def _fetch(self, target: FetchTarget, on_stage: StageCallback | None) -> FetchedImage:
         started = time.perf_counter()
@@ -330,6 +454,8 @@ class ImageService:
     async def _download_and_store(
         self, target: FetchTarget, stage: StageCallback, stats: DownloadStats
     ) -> FetchedImage:
+        if isinstance(target, MosaicTarget):
+            return await self._stitch(target, stage, stats)
         started = time.perf_counter()
         # The open runs in a worker thread and completes even if this task is cancelled
         # meanwhile: then close and remove what it made instead of leaking a temp file.
@@ -379,6 +505,82 @@ class ImageService:
         stage("downloaded")
         return FetchedImage(
             record=record,
+            queue_wait_s=stats.queue_wait_s,
+            download_s=time.perf_counter() - started - stats.queue_wait_s,
+        )
+
+    async def _stitch(
+        self, target: MosaicTarget, stage: StageCallback, stats: DownloadStats
+    ) -> FetchedImage:
+        """Fetch every tile (concurrently, under the same caps; each stored and shared like any
+        image), report `progress` as they arrive, stitch them and store the whole."""
+        started = time.perf_counter()
+        total, done = len(target.tiles), 0
+        stage("downloading")
+        stage("progress", done=0, total=total)
+
+        async def one(tile: Tile, tile_target: FetchTarget) -> FetchedImage:
+            nonlocal done
+            try:
+                fetched = await self._fetch(tile_target, None)
+            except SatapiError as exc:
+                raise type(exc)(
+                    f"The {tile.describe(total)} failed: {exc.message}",
+                    retry_after=exc.retry_after,
+                    extra={**exc.extra, "tile": tile.index + 1, "tiles": total},
+                ) from None
+            done += 1
+            stage("progress", done=done, total=total)
+            return fetched
+
+        tasks = [asyncio.create_task(one(tile, t)) for tile, t in target.tiles]
+        try:
+            fetched = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        stats.queue_wait_s = max((f.queue_wait_s for f in fetched), default=0.0)
+        encoded = [
+            (tile, await self.store.read_bytes(f.record))
+            for (tile, _), f in zip(target.tiles, fetched, strict=True)
+        ]
+        req = target.request
+        assert req is not None
+        data = await self._cpu.run(
+            build_mosaic,
+            encoded,
+            width=req.width,
+            height=req.height,
+            fmt=target.out_format,
+            bbox=req.bbox,
+            crs=req.crs,
+        )
+        del encoded
+        now = time.time()
+        record = ImageRecord(
+            id=target.image_id,
+            content_type=target.out_format,
+            bytes=len(data),
+            width=req.width,
+            height=req.height,
+            provider=target.source,
+            layer=target.layer,
+            bbox=list(req.bbox),
+            crs=target.crs,
+            time=target.time,
+            fetched_at=now,
+            expires_at=None if target.has_time else now + self._cache_ttl_s,
+            source_url=target.url(redacted=True),
+            attribution=target.attribution,
+            kind=target.kind,
+        )
+        await self.store.put_bytes(record, data)
+        stored = await self.store.get(record.id, check=True)
+        stage("downloaded")
+        return FetchedImage(
+            record=stored or record,
             queue_wait_s=stats.queue_wait_s,
             download_s=time.perf_counter() - started - stats.queue_wait_s,
         )

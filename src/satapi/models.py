@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import warnings
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from geojson_pydantic import Feature, MultiPolygon, Polygon
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
+
+# geojson-pydantic warns about a GeoJSON `bbox` member crossing the antimeridian; satapi never
+# reads that member (the polygon's own bounds count), so a client's odd one is no concern.
+warnings.filterwarnings(
+    "ignore", message="BBOX crossing the Antimeridian", module="geojson_pydantic"
+)
 
 if TYPE_CHECKING:
     # Only for annotations: the models are shared with `satapi.client`, which must import
@@ -67,13 +75,28 @@ PATTERN_WORDS: dict[str, str] = {
 }
 
 EXAMPLE_BBOX = [-10.0, 35.0, 5.0, 44.0]
+# A field near Bologna, for the area examples.
+EXAMPLE_POLYGON: dict[str, Any] = {
+    "type": "Polygon",
+    "coordinates": [
+        [[11.30, 44.48], [11.36, 44.47], [11.38, 44.51], [11.33, 44.53], [11.30, 44.48]]
+    ],
+}
+
+AreaGeometry = Annotated[
+    Polygon | MultiPolygon | Feature[Polygon | MultiPolygon, dict[str, Any]],
+    Field(discriminator="type"),
+]
 EXAMPLE_LAYER = "MODIS_Terra_CorrectedReflectance_TrueColor"
 
 
 def example_config(**fields: Any) -> ConfigDict:
-    """A request model's config: no unknown fields, and one example (over Spain) for /docs."""
+    """A request model's config: no unknown fields, and two examples for /docs: a bbox over
+    Spain, and a field near Bologna as a polygon at 10 m per pixel."""
     example = {"provider": "gibs", "layer": EXAMPLE_LAYER, "bbox": list(EXAMPLE_BBOX), **fields}
-    return ConfigDict(extra="forbid", json_schema_extra={"examples": [example]})
+    polygon = {k: v for k, v in example.items() if k not in ("bbox", "width", "height")}
+    polygon.update(geometry=EXAMPLE_POLYGON, resolution=10.0)
+    return ConfigDict(extra="forbid", json_schema_extra={"examples": [example, polygon]})
 
 
 Time = Annotated[
@@ -226,25 +249,91 @@ class ImageFields(BaseModel):
     # states it as `maximum`, and a larger value is refused with that limit named.
     width: int = Field(default=512, ge=1, description="Image width in pixels.")
     height: int = Field(default=512, ge=1, description="Image height in pixels.")
-    format: Literal["image/png", "image/jpeg"] = Field(default="image/png")
+    format: Literal["image/png", "image/jpeg", "image/tiff"] = Field(
+        default="image/png",
+        description=(
+            "`image/tiff`: a georeferenced GeoTIFF (CRS and geotransform of the bbox; tiled, "
+            "deflate), written by the service whatever the server offers."
+        ),
+    )
     style: str | None = Field(default=None, max_length=256, pattern=LAYER_PATTERN)
+    geometry: AreaGeometry | None = Field(
+        default=None,
+        description=(
+            "Instead of `bbox`: a GeoJSON Polygon or MultiPolygon (or a Feature holding one) in "
+            "longitude/latitude (RFC 7946). The image covers its bounds; the local metrics "
+            "count only the pixels inside it, and the answer's `area` gives its figures."
+        ),
+        examples=[EXAMPLE_POLYGON],
+    )
+    resolution: float | None = Field(
+        default=None,
+        gt=0,
+        le=1_000_000,
+        description=(
+            "Instead of `width`/`height`: metres per pixel. The width is the bbox's geodesic "
+            "width along its centre latitude divided by this, the height its geodesic height "
+            "along its centre meridian. Larger than the provider serves at once: fetched in "
+            "tiles and stitched."
+        ),
+        examples=[10.0],
+    )
+    _region: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _area_fields(self) -> ImageFields:
+        if self.geometry is not None and self.bbox is not None:
+            raise ValueError("give either bbox or geometry, not both")
+        if self.resolution is not None and {"width", "height"} & self.model_fields_set:
+            raise ValueError("give either resolution or width/height, not both")
+        return self
+
+    @property
+    def has_area(self) -> bool:
+        """True when the request names its area (a bbox or a geometry)."""
+        return self.bbox is not None or self.geometry is not None
 
     def getmap(
         self, default_layer: str, *, time: str | None = None, layer: str | None = None
     ) -> GetMapRequest:
-        """The domain request: `layer`, else this request's layer, else the provider's default."""
-        from satapi.wms_client import GetMapRequest  # server-side only (see the imports)
+        """The domain request: `layer`, else this request's layer, else the provider's default.
 
-        assert self.bbox is not None
+        With a `geometry`, the bbox is its bounds (`InvalidGeometry` when it is not valid);
+        with a `resolution`, or a geometry and no width/height, the size follows from the
+        area's size on the ground (512 px on its longer side by default).
+        """
+        # Server-side only (see the imports).
+        from satapi.areas import Region, size_fitting, size_for_resolution
+        from satapi.wms_client import GetMapRequest
+
+        region = None
+        if self.geometry is not None:
+            if self._region is None or self._region.crs != self.crs:
+                self._region = Region.of(self.geometry.model_dump(exclude_none=True), self.crs)
+            region = self._region
+            bbox = region.bbox
+        else:
+            assert self.bbox is not None
+            bbox = (self.bbox[0], self.bbox[1], self.bbox[2], self.bbox[3])
+        width, height, explicit = self.width, self.height, True
+        if self.resolution is not None:
+            width, height = size_for_resolution(bbox, self.crs, self.resolution)
+            explicit = False
+        elif region is not None and not {"width", "height"} & self.model_fields_set:
+            width, height = size_fitting(bbox, self.crs, 512)
+            explicit = False
         return GetMapRequest(
             layer=layer or self.layer or default_layer,
-            bbox=(self.bbox[0], self.bbox[1], self.bbox[2], self.bbox[3]),
+            bbox=bbox,
             crs=self.crs,
-            width=self.width,
-            height=self.height,
+            width=width,
+            height=height,
             format=self.format,
             time=time,
             style=self.style or "",
+            region=region,
+            resolution_m=self.resolution,
+            explicit_size=explicit,
         )
 
 
@@ -274,14 +363,32 @@ class ImageRequest(ImageFields):
 
     @model_validator(mode="after")
     def _bbox_or_url(self) -> ImageRequest:
-        if self.wms_url is None and self.bbox is None:
-            raise ValueError("give either bbox (with the other image fields) or wms_url")
+        if self.wms_url is None and not self.has_area:
+            raise ValueError(
+                "give either bbox or geometry (with the other image fields) or wms_url"
+            )
         if self.clearest is not None:
             if self.time is not None:
                 raise ValueError("give either time or clearest, not both")
             if self.wms_url is not None:
-                raise ValueError("clearest needs bbox and the other image fields, not wms_url")
+                raise ValueError(
+                    "clearest needs bbox or geometry and the other image fields, not wms_url"
+                )
         return self
+
+
+class AreaOut(BaseModel):
+    """An area request's figures (`geometry`, `resolution`, or an image fetched in tiles)."""
+
+    area_km2: float = Field(
+        description="Geodesic area inside the geometry (holes excluded), or of the bbox."
+    )
+    bbox: list[float] = Field(description="The image's bbox, in its CRS.")
+    pixels: int = Field(description="Pixels whose centres lie inside the geometry.")
+    width: int
+    height: int
+    resolution_m: float = Field(description="Metres per pixel (asked, or of width/height).")
+    tiles: int = Field(description="GetMaps the image took: 1 when it fit in one.")
 
 
 class ImageMeta(BaseModel):
@@ -308,12 +415,28 @@ class ImageMeta(BaseModel):
             "null when the extent is not known. The local analyzer counts only that part."
         ),
     )
+    area: AreaOut | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="With `geometry`, `resolution`, or tiles: the area's figures.",
+    )
 
     @classmethod
     def from_fetched(cls, fetched: FetchedImage) -> ImageMeta:
         """The public view of an image fetched for a request (with its coverage)."""
         meta = cls.from_record(fetched.record, cached=fetched.cached)
         meta.coverage = fetched.coverage
+        if fetched.area is not None:
+            area = fetched.area
+            meta.area = AreaOut(
+                area_km2=area.area_km2,
+                bbox=list(area.bbox),
+                pixels=area.pixels,
+                width=area.width,
+                height=area.height,
+                resolution_m=area.resolution_m,
+                tiles=area.tiles,
+            )
         return meta
 
     @classmethod
@@ -637,8 +760,10 @@ class ComparisonRequest(ImageFields):
             if not all(urls):
                 raise ValueError("give both image1_url and image2_url")
             return self
-        if self.bbox is None or self.before is None or self.after is None:
-            raise ValueError("give bbox, before and after (or image1_url and image2_url)")
+        if not self.has_area or self.before is None or self.after is None:
+            raise ValueError(
+                "give bbox (or geometry), before and after (or image1_url and image2_url)"
+            )
         return self
 
 
@@ -743,8 +868,8 @@ class TimeseriesRequest(ImageFields):
     @model_validator(mode="after")
     def _times_or_range(self) -> TimeseriesRequest:
         ranged = (self.start, self.end, self.step)
-        if self.bbox is None:
-            raise ValueError("bbox is required")
+        if not self.has_area:
+            raise ValueError("bbox or geometry is required")
         if self.clearest_per is not None:
             if self.times is not None or self.step is not None:
                 raise ValueError("give clearest_per with start and end, without times or step")

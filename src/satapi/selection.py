@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
 from satapi.analyzers import pixels
+from satapi.analyzers.base import AreaOfInterest
 from satapi.cpu import CpuRunner
 from satapi.errors import NoDatesInWindow, SatapiError, TooCloudy
 from satapi.imagery import FetchedImage, ImageService, for_side
@@ -200,10 +201,14 @@ def preview_size(width: int, height: int, long_edge: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def score_image(data: bytes, max_pixels: int) -> tuple[float, float]:
-    """(cloud_fraction, nodata_fraction) of an image by the local analyzer's pixel rules
-    (blocking; run it through the CpuRunner)."""
-    metrics = pixels.measure(pixels.decode_rgba(data, max_pixels))
+def score_image(
+    data: bytes, max_pixels: int, region: AreaOfInterest | None = None
+) -> tuple[float, float]:
+    """(cloud_fraction, nodata_fraction) of an image by the local analyzer's pixel rules,
+    inside an area's polygon when there is one (blocking; run it through the CpuRunner)."""
+    rgba = pixels.decode_rgba(data, max_pixels)
+    inside = None if region is None else region.mask(rgba.shape[:2])
+    metrics = pixels.measure(rgba, inside, inside)
     nodata = float(metrics["nodata_fraction"])
     # measure() gives cloud as a share of the pixels with data; the score wants the frame's.
     return round(float(metrics["cloud_fraction"]) * (1.0 - nodata), 4), nodata
@@ -316,12 +321,22 @@ class Selector:
         width, height = preview_size(full.width, full.height, self.preview_px)
         previews = {
             t: self.images.target(
-                name, dataclasses.replace(full, width=width, height=height, time=t)
+                name,
+                # A GeoTIFF is wanted of the chosen date only: previews are PNG.
+                dataclasses.replace(
+                    full,
+                    width=width,
+                    height=height,
+                    time=t,
+                    format="image/png" if full.format == "image/tiff" else full.format,
+                ),
             )
             for t in chosen_times
         }
+        # The scores depend on the area's polygon too (its pixels alone are scored).
+        shape = full.region.key if full.region is not None else None
         key = hashlib.sha256(
-            json.dumps([spec.window, [p.image_id for p in previews.values()]]).encode()
+            json.dumps([spec.window, [p.image_id for p in previews.values()], shape]).encode()
         ).hexdigest()
         # Newer dates may still appear in a window that reaches into the last cache_ttl_s.
         recent = hi.replace(tzinfo=dt.UTC).timestamp() >= self.clock() - self.cache_ttl_s
@@ -488,7 +503,10 @@ class Selector:
                 try:
                     data = await self.images.store.read_bytes(result.record)
                     cloud, nodata = await self.cpu.run(
-                        score_image, data, self.images.max_px * self.images.max_px
+                        score_image,
+                        data,
+                        self.images.max_px * self.images.max_px,
+                        plan.request.region,
                     )
                 except SatapiError as exc:
                     result = exc

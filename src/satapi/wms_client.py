@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 
 import stamina
 
+from satapi.analyzers.base import AreaOfInterest
 from satapi.config import ProviderConfig
 from satapi.errors import InvalidBBox, SatapiError, UnknownProvider, UpstreamBusy, UpstreamTimeout
 from satapi.storage import ImageWriter
@@ -103,6 +104,12 @@ class GetMapRequest:
     # For providers that mosaic scenes over a time interval themselves (sentinelhub): the
     # order to mosaic them in, instead of the provider's configured one. WMS ignores it.
     mosaicking_order: str | None = None
+    # An area request (`geometry` / `resolution`): the polygon whose pixels count, the metres
+    # per pixel asked for, and whether width and height were given (then `max_image_px` bounds
+    # each; a size derived from a geometry or resolution is bounded by `max_area_pixels`).
+    region: AreaOfInterest | None = field(default=None, compare=False, repr=False)
+    resolution_m: float | None = field(default=None, compare=False)
+    explicit_size: bool = field(default=True, compare=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -287,6 +294,9 @@ class LayerInfo:
     bbox: list[float] | None
     times: list[str] = field(default_factory=list)
     default_time: str | None = None
+    # The server's largest width and height of one GetMap (WMS 1.3.0 MaxWidth/MaxHeight).
+    max_width: int | None = None
+    max_height: int | None = None
 
 
 def configured_provider(providers: Mapping[str, ProviderConfig], name: str) -> ProviderConfig:

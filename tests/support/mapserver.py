@@ -432,7 +432,7 @@ MAPFILE_TEMPLATE: Final = """MAP
   NAME "satapi_test"
   STATUS ON
   SIZE 256 256
-  MAXSIZE 4096
+  MAXSIZE {max_size}
   EXTENT {extent}
   UNITS DD
   IMAGECOLOR {background}
@@ -582,11 +582,13 @@ def generate_data(directory: Path) -> SceneData:
     return SceneData(directory, tiffs, write_time_tileindex(directory, tiffs), cloudy_index)
 
 
-def write_mapfile(path: Path, data: SceneData, online_resource: str) -> Path:
-    """Write the mapfile serving ``data``; ``online_resource`` is the server's own URL."""
+def write_mapfile(path: Path, data: SceneData, online_resource: str, max_size: int = 4096) -> Path:
+    """Write the mapfile serving ``data``; ``online_resource`` is the server's own URL;
+    ``max_size`` its MAXSIZE (MaxWidth/MaxHeight in the capabilities)."""
     extent = " ".join(str(v) for v in SCENE_BBOX)
     path.write_text(
         MAPFILE_TEMPLATE.format(
+            max_size=max_size,
             extent=extent,
             extent_q=_quote(extent),
             background=" ".join(str(c) for c in BACKGROUND),
@@ -651,12 +653,15 @@ class MapServerWMS:
         port: int | None = None,
         procs: int = 4,
         startup_timeout: float = STARTUP_TIMEOUT_S,
+        max_size: int | None = None,
     ) -> None:
         """``tmpdir`` is created if needed and kept; without it a temp dir is made and removed.
 
         ``port`` None picks a free port (retrying if another process grabs it first);
-        ``procs`` is the number of FastCGI ``mapserv`` processes.
+        ``procs`` is the number of FastCGI ``mapserv`` processes; ``max_size`` the largest
+        width/height of one GetMap (MapServer's MAXSIZE; default ``$WMS_MAXSIZE`` or 4096).
         """
+        self.max_size = max_size or int(os.environ.get("WMS_MAXSIZE", "4096"))
         self._own_tmpdir = tmpdir is None
         self.tmpdir = (
             Path(tmpdir) if tmpdir is not None else Path(tempfile.mkdtemp(prefix="satapi-wms-"))
@@ -718,7 +723,7 @@ class MapServerWMS:
         attempts = 1 if self._requested_port else DEFAULT_PORT_RETRIES
         for attempt in range(1, attempts + 1):
             self.port = self._requested_port or free_port()
-            write_mapfile(self.mapfile, self.data, f"{self.url}?")
+            write_mapfile(self.mapfile, self.data, f"{self.url}?", self.max_size)
             self._launch(config)
             try:
                 self._wait_ready()

@@ -6,6 +6,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+from numpy.typing import NDArray
+
 
 @dataclass(frozen=True)
 class DataWindow:
@@ -28,6 +31,32 @@ class DataWindow:
         return self.left <= 0 and self.top <= 0 and self.right >= 1 and self.bottom >= 1
 
 
+class AreaOfInterest(Protocol):
+    """The polygon of an area request (`satapi.areas.Region`): which pixels lie inside it."""
+
+    @property
+    def area_km2(self) -> float:
+        """Its geodesic area."""
+        ...
+
+    @property
+    def vertices(self) -> int:
+        """How many coordinates it has."""
+        ...
+
+    @property
+    def key(self) -> str:
+        """A string that differs between two different polygons (for cache keys)."""
+        ...
+
+    def mask(
+        self, shape: tuple[int, int], bbox: tuple[float, float, float, float] | None = None
+    ) -> NDArray[np.bool_]:
+        """(H, W): True for the pixels of the image (at `shape`; of the request's bbox, or of
+        `bbox`) whose centres lie inside."""
+        ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class ImageInput:
     """One image to analyse, with what is known about where and when it was taken."""
@@ -43,6 +72,8 @@ class ImageInput:
     # Where the image holds data: None when all of it lies inside the layer's extent. The
     # local analyzer turns it into a per-pixel `valid` mask (see analyzers/local.py valid_mask).
     data_window: DataWindow | None = None
+    # An area request's polygon: only the pixels inside it count, the rest is not the area.
+    region: AreaOfInterest | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -206,6 +206,7 @@ class ClaudeAnalyzer:
             image.data,
             max_long_edge=self._max_long_edge,
             max_pixels=self._max_pixels,
+            inside=None if image.region is None else image.region.mask,
         )
 
 

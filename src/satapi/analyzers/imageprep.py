@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -12,6 +13,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from satapi.errors import ImageTooLarge, NotAnImage
+
+# An area's polygon as a pixel mask at a given (H, W): True inside (see `prepare_for_claude`).
+InsideMask = Callable[[tuple[int, int]], "np.ndarray"]
+# Outside an area's polygon, pixels keep this share of their brightness: the area stands out
+# and its surroundings stay recognisable.
+OUTSIDE_BRIGHTNESS: Final = 0.3
 
 # Formats a WMS server or a user plausibly sends. Restricting `Image.open` to these keeps Pillow
 # from handing untrusted bytes to exotic decoders (EPS would even start Ghostscript).
@@ -52,10 +59,13 @@ def prepare_for_claude(
     max_long_edge: int = 1568,
     max_pixels: int = 1_150_000,
     max_base64_bytes: int = 3_750_000,
+    inside: InsideMask | None = None,
 ) -> PreparedImage:
     """Decode `data`, downscale it to Claude's limits and re-encode it as base64 PNG or JPEG.
 
     A PNG or JPEG already within the limits (size, mode, bytes) is sent as it is, undecoded.
+    With `inside` (an area's polygon as a mask), the pixels outside it are dimmed to
+    `OUTSIDE_BRIGHTNESS`, so the model sees which part is the area.
 
     The long edge ends up at most `max_long_edge` and the area at most `max_pixels` (larger images
     are downscaled by the API anyway, costing latency and tokens for nothing). Images with real
@@ -70,7 +80,8 @@ def prepare_for_claude(
     im = _open_checked(data)
     width, height = _fit(im.size, max_long_edge, max_pixels)
     if (
-        (width, height) == im.size
+        inside is None
+        and (width, height) == im.size
         and _sendable_as_is(im, len(data), max_base64_bytes)
         and _ends_whole(data, im.format)
     ):
@@ -87,7 +98,19 @@ def prepare_for_claude(
     im = _normalise_mode(im)
     if im.size != (width, height):
         im = im.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if inside is not None:
+        im = _dim_outside(im, inside((height, width)))
     return _encode(im, max_base64_bytes)
+
+
+def _dim_outside(im: Image.Image, mask: np.ndarray) -> Image.Image:
+    """`im` with the pixels where `mask` is False dimmed (alpha kept)."""
+    if im.mode not in ("RGB", "RGBA"):
+        im = im.convert("RGB")
+    arr = np.array(im)
+    outside = ~mask.astype(bool)
+    arr[outside, :3] = (arr[outside, :3] * OUTSIDE_BRIGHTNESS).astype(np.uint8)
+    return Image.fromarray(arr, mode=im.mode)
 
 
 def _sendable_as_is(im: Image.Image, size: int, max_base64_bytes: int) -> bool:

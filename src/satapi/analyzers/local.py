@@ -38,22 +38,34 @@ def _decode(data: bytes, label: str, max_pixels: int) -> pixels.RgbaArray:
         ) from exc
 
 
-def valid_mask(image: ImageInput, shape: tuple[int, int]) -> pixels.ValidMask | None:
+def region_mask(image: ImageInput, shape: tuple[int, int]) -> pixels.ValidMask | None:
+    """The pixels of `image` (at `shape`) inside an area request's polygon, or None."""
+    return None if image.region is None else image.region.mask(shape)
+
+
+def valid_mask(
+    image: ImageInput, shape: tuple[int, int], region: pixels.ValidMask | None = None
+) -> pixels.ValidMask | None:
     """The pixels of `image` (decoded to `shape`, (H, W)) that the metrics count, or None for
-    all of them: those inside the layer's extent (`data_window`). Every further restriction
-    of the counted pixels is ANDed in here."""
+    all of them: those inside the layer's extent (`data_window`) and inside the area's polygon
+    (`region`, from `region_mask`). Every further restriction of the counted pixels is ANDed
+    in here."""
     mask: pixels.ValidMask | None = None
     window = image.data_window
     if window is not None and not window.is_whole:
         mask = pixels.window_mask(shape, window.left, window.top, window.right, window.bottom)
+    if region is not None:
+        mask = region if mask is None else mask & region
     return mask
 
 
 def _analyse_one(image: ImageInput, max_pixels: int) -> tuple[dict[str, Any], str]:
     """Decode, measure and summarise one image (blocking; runs in a worker thread)."""
     decoded = _decode(image.data, image.label, max_pixels)
-    metrics = pixels.measure(decoded, valid_mask(image, decoded.shape[:2]))
-    return metrics, pixels.summarize(metrics)
+    shape = decoded.shape[:2]
+    region = region_mask(image, shape)
+    metrics = pixels.measure(decoded, valid_mask(image, shape, region), region)
+    return metrics, pixels.summarize(metrics, "frame" if region is None else "area")
 
 
 def _analyse_pair(
@@ -66,10 +78,17 @@ def _analyse_pair(
     before_rgba = _decode(before.data, before.label, max_pixels)
     after_rgba = _decode(after.data, after.label, max_pixels)
     shape = before_rgba.shape[:2]
-    masks = [m for m in (valid_mask(before, shape), valid_mask(after, shape)) if m is not None]
+    # Both sides are of one area: the before image's polygon mask stands for both.
+    region = region_mask(before, shape)
+    masks = [
+        m
+        for m in (valid_mask(before, shape, region), valid_mask(after, shape, region))
+        if m is not None
+    ]
     valid = masks[0] & masks[1] if len(masks) == 2 else (masks[0] if masks else None)
-    metrics, mask_png = pixels.compare_png(before_rgba, after_rgba, valid)
-    return metrics, pixels.summarize_change(metrics), mask_png
+    metrics, mask_png = pixels.compare_png(before_rgba, after_rgba, valid, region)
+    whole = "frame" if region is None else "area"
+    return metrics, pixels.summarize_change(metrics, whole), mask_png
 
 
 class LocalAnalyzer:

@@ -367,15 +367,17 @@ def classify(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
     return _scan(image).classes
 
 
-def _metrics(scan: _Scan) -> dict[str, Any]:
+def _metrics(scan: _Scan, outside: int = 0) -> dict[str, Any]:
     """The `measure()` dictionary for a finished scan.
 
     Class and colour fractions are shares of the pixels that hold data, so pixels outside the
     layer's coverage or transparent ones never count as cloud or land; `nodata_fraction` is the
-    share of the whole frame without data.
+    share of the whole frame without data. `outside` pixels (outside an area's polygon, all
+    no-data in the scan) are not part of the frame at all.
     """
-    total = scan.classes.size
+    total = scan.classes.size - outside
     counts = [int(np.count_nonzero(scan.classes == code)) for code in range(len(CLASS_NAMES))]
+    counts[NODATA] -= outside
     valid = total - counts[NODATA]
 
     def fraction(code: int) -> float:
@@ -442,10 +444,19 @@ def window_mask(
     return np.logical_and.outer(inside_rows, inside_cols)
 
 
-def measure(rgba: NDArray[np.uint8], valid: ValidMask | None = None) -> dict[str, Any]:
+def measure(
+    rgba: NDArray[np.uint8], valid: ValidMask | None = None, region: ValidMask | None = None
+) -> dict[str, Any]:
     """Class and top-5 colour fractions (of the pixels with data), the no-data share of the
-    frame, and mean brightness (0-1). Pixels where `valid` is False count as no data."""
-    return _metrics(_scan(apply_valid(rgba, valid)))
+    frame, and mean brightness (0-1). Pixels where `valid` is False count as no data.
+
+    `region` (an area's polygon; `valid` must exclude what it excludes) makes the frame the
+    pixels inside it: `nodata_fraction` is then the share of the area without data."""
+    return _metrics(_scan(apply_valid(rgba, valid)), _outside(region))
+
+
+def _outside(region: ValidMask | None) -> int:
+    return 0 if region is None else int(region.size - np.count_nonzero(region))
 
 
 # --- wording -----------------------------------------------------------------------------------
@@ -478,18 +489,24 @@ def _brightness_word(value: float) -> str:
     return "bright"
 
 
-def summarize(metrics: dict[str, Any]) -> str:
-    """A short English summary of `measure()` output, stating that it is a heuristic."""
+def _with_data(whole: str) -> str:
+    return "the area with data" if whole == "frame" else "the part of the area with data"
+
+
+def summarize(metrics: dict[str, Any], whole: str = "frame") -> str:
+    """A short English summary of `measure()` output, stating that it is a heuristic.
+
+    `whole` names what the figures are shares of: "frame", or "area" for a polygon's inside."""
     nodata = float(metrics["nodata_fraction"])
     cloud = float(metrics["cloud_fraction"])
     head = "Heuristic pixel analysis (not AI): "
     if nodata >= 0.99:
         return head + (
-            "almost the whole frame has no data (transparent or black), so there is nothing "
+            f"almost the whole {whole} has no data (transparent or black), so there is nothing "
             "to analyse. Check the layer, date and bounding box."
         )
     # Class shares are of the pixels with data: name that part when some of the frame has none.
-    area = "the frame" if nodata < 0.01 else "the area with data"
+    area = f"the {whole}" if nodata < 0.01 else _with_data(whole)
     ranked = sorted(_CLASS_WORDS, key=lambda k: -float(metrics[k]))  # sorted() is stable
     shown = [k for k in ranked if float(metrics[k]) >= 0.01]
     sentences: list[str] = []
@@ -520,10 +537,10 @@ def summarize(metrics: dict[str, Any]) -> str:
     elif cloud >= 0.01:
         sentences.append(f"Clouds or snow cover {_pct(cloud)} of {area}.")
     else:
-        sentences.append("The frame is essentially free of cloud.")
+        sentences.append(f"The {whole} is essentially free of cloud.")
     if nodata >= 0.01:
         sentences.append(
-            f"{_pct(nodata)} of the frame has no data (outside the layer's coverage, transparent "
+            f"{_pct(nodata)} of the {whole} has no data (outside the layer's coverage, transparent "
             "or black) and is left out of these figures."
         )
     brightness = float(metrics["mean_brightness"])
@@ -573,6 +590,7 @@ def _compare(
     before_rgba: NDArray[np.uint8],
     after_rgba: NDArray[np.uint8],
     valid: ValidMask | None = None,
+    region: ValidMask | None = None,
 ) -> tuple[dict[str, Any], NDArray[np.uint8]]:
     """Change metrics and the change mask as (H, W) indices into `_MASK_PALETTE`."""
     before = _as_rgba(before_rgba)
@@ -617,11 +635,13 @@ def _compare(
         gains[name] = share(int(np.count_nonzero(changed_u8 & (ca == code))))
         losses[name] = share(int(np.count_nonzero(changed_u8 & (cb == code))))
 
-    m_before = _metrics(scan_before)
-    m_after = _metrics(scan_after)
+    outside = _outside(region)
+    m_before = _metrics(scan_before, outside)
+    m_after = _metrics(scan_after, outside)
+    frame = cb.size - outside
     metrics: dict[str, Any] = {
         "changed_fraction": share(n_changed),
-        "valid_fraction": round(n_valid / cb.size, 4) if cb.size else 0.0,
+        "valid_fraction": round(n_valid / frame, 4) if frame else 0.0,
         "deltas": {k: round(float(m_after[k]) - float(m_before[k]), 4) for k in METRIC_KEYS},
         "before": m_before,
         "after": m_after,
@@ -689,9 +709,11 @@ def compare_png(
     before_rgba: NDArray[np.uint8],
     after_rgba: NDArray[np.uint8],
     valid: ValidMask | None = None,
+    region: ValidMask | None = None,
 ) -> tuple[dict[str, Any], bytes]:
-    """`compare()`, with the change mask already encoded as a compact palette PNG."""
-    metrics, index = _compare(before_rgba, after_rgba, valid)
+    """`compare()`, with the change mask already encoded as a compact palette PNG (`region`
+    as in `measure`)."""
+    metrics, index = _compare(before_rgba, after_rgba, valid, region)
     height, width = index.shape
     image = Image.frombytes("P", (width, height), index.tobytes())
     image.putpalette(_MASK_PALETTE.tobytes())
@@ -700,8 +722,9 @@ def compare_png(
     return metrics, buffer.getvalue()
 
 
-def summarize_change(metrics: dict[str, Any]) -> str:
-    """A short English summary of `compare()` output, stating that it is a heuristic."""
+def summarize_change(metrics: dict[str, Any], whole: str = "frame") -> str:
+    """A short English summary of `compare()` output, stating that it is a heuristic (`whole`
+    as in `summarize`)."""
     head = "Heuristic pixel change detection (not AI): "
     valid = float(metrics["valid_fraction"])
     if valid <= 0:
@@ -716,7 +739,7 @@ def summarize_change(metrics: dict[str, Any]) -> str:
     before, after = metrics["before"], metrics["after"]
     # Class shares are of the pixels with data (see _metrics).
     nodata = max(float(before["nodata_fraction"]), float(after["nodata_fraction"]))
-    area = "the frame" if nodata < 0.01 else "the area with data"
+    area = f"the {whole}" if nodata < 0.01 else _with_data(whole)
     moves: list[str] = []
     for key, word in _CLASS_WORDS.items():
         was, now = float(before[key]), float(after[key])
@@ -727,7 +750,7 @@ def summarize_change(metrics: dict[str, Any]) -> str:
         text = _join(moves)
         sentences.append(text[0].upper() + text[1:] + ".")
     else:
-        sentences.append("No land-cover class grew or shrank by 1 % of the frame or more.")
+        sentences.append(f"No land-cover class grew or shrank by 1 % of the {whole} or more.")
     gains, losses = metrics["gains"], metrics["losses"]
     top_gain = max(gains, key=lambda k: float(gains[k]))  # max() keeps the first of equals
     top_loss = max(losses, key=lambda k: float(losses[k]))
@@ -739,7 +762,7 @@ def summarize_change(metrics: dict[str, Any]) -> str:
         )
     if valid < 0.9:
         sentences.append(
-            f"Only {_pct(valid)} of the frame is clear in both images, so the comparison "
+            f"Only {_pct(valid)} of the {whole} is clear in both images, so the comparison "
             "covers part of the scene."
         )
     delta_b = float(metrics["deltas"]["mean_brightness"])

@@ -122,7 +122,17 @@ def describe_context(image: ImageInput, *, include_date: bool = True) -> list[st
     window = image.data_window
     if window is not None and not window.is_whole:
         lines.append(describe_coverage(window))
+    if image.region is not None:
+        lines.append(describe_area(image.region.area_km2))
     return lines
+
+
+def describe_area(area_km2: float) -> str:
+    """Which part of the image is the area asked about (the rest is dimmed)."""
+    return (
+        f"Area of interest: the polygon shown at full brightness ({_num(area_km2, 2)} km²); "
+        "the dimmed part around it lies outside the area, so describe only the area."
+    )
 
 
 def describe_coverage(window: DataWindow) -> str:

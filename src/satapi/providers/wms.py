@@ -501,6 +501,7 @@ def parse_capabilities(body: bytes, url: str, version: str) -> list[LayerInfo]:
         wms = WebMapService(url, version=version, xml=body)
     except Exception as exc:  # OWSLib raises many kinds on malformed documents
         raise UpstreamError(f"The capabilities document could not be parsed ({exc}).") from None
+    max_width, max_height = _service_max_size(body)
     layers: list[LayerInfo] = []
     for name, layer in wms.contents.items():
         times: list[str] = []
@@ -521,6 +522,27 @@ def parse_capabilities(body: bytes, url: str, version: str) -> list[LayerInfo]:
                 bbox=[float(v) for v in bbox[:4]] if bbox else None,
                 times=times,
                 default_time=str(default) if default else None,
+                max_width=max_width,
+                max_height=max_height,
             )
         )
     return layers
+
+
+def _service_max_size(body: bytes) -> tuple[int | None, int | None]:
+    """The Service section's MaxWidth and MaxHeight (WMS 1.3.0), when it states them."""
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+    try:
+        root = etree.fromstring(body, parser=parser)
+    except etree.XMLSyntaxError:
+        return None, None
+
+    def value(name: str) -> int | None:
+        found = root.xpath(f"/*/*[local-name()='Service']/*[local-name()='{name}']/text()")
+        try:
+            number = int(str(found[0]).strip()) if isinstance(found, list) and found else 0
+        except ValueError:
+            return None
+        return number if number > 0 else None
+
+    return value("MaxWidth"), value("MaxHeight")

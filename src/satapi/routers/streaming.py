@@ -124,6 +124,8 @@ async def analysis_events(steps: AnalysisSteps[T]) -> AsyncIterator[ServerSentEv
                 fetched = item.value
             elif "event" in item:  # an event of its own, e.g. `selection` (see `emit`)
                 yield events.event(item["event"], item["data"])
+            elif item.get("stage") == "progress":  # tiles of a large area arriving
+                yield events.event("progress", {k: v for k, v in item.items() if k != "stage"})
             elif item.get("stage") in ("selecting", "downloading"):
                 yield events.status(
                     item["stage"], **{k: v for k, v in item.items() if k != "stage"}

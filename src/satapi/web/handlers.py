@@ -78,10 +78,24 @@ def _describe_validation(exc: RequestValidationError, request: Request) -> str:
 
 def _in_words(err: Any) -> str:
     """pydantic's message, with a pattern said as what it expects instead of the expression."""
+    ctx = err.get("ctx") or {}
     if err.get("type") == "string_pattern_mismatch":
-        pattern = (err.get("ctx") or {}).get("pattern", "")
+        pattern = ctx.get("pattern", "")
         return "must be " + PATTERN_WORDS.get(pattern, "in the documented form (see /docs)")
-    return str(err.get("msg", "invalid"))
+    if err.get("type") == "union_tag_invalid":
+        return f"its type must be one of {ctx.get('expected_tags')}, not {ctx.get('tag')!r}"
+    return str(err.get("msg", "invalid")).removeprefix("Value error, ")
+
+
+def _code(errors: Any) -> str:
+    """`invalid_geometry` when every problem is in the `geometry` field, else
+    `validation_error`."""
+    locs = [tuple(e.get("loc", ()))[:2] for e in errors]
+    return (
+        "invalid_geometry"
+        if locs and all(loc == ("body", "geometry") for loc in locs)
+        else ("validation_error")
+    )
 
 
 def _whole_body_problem(errors: Any, body: Any, request: Request) -> str | None:
@@ -124,7 +138,7 @@ def add_exception_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body(
                 _describe_validation(exc, request),
-                "validation_error",
+                _code(exc.errors()),
                 request_id_of(request),
                 {"details": details},
             ),
