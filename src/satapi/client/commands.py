@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import csv
 import io
+import json
 import os
 import sys
 from collections.abc import Callable, Coroutine
@@ -21,7 +22,14 @@ from pydantic import BaseModel
 
 from satapi.client.api import DEFAULT_URL, SatapiClient
 from satapi.client.errors import SatapiError
-from satapi.client.events import DeltaEvent, ImageEvent, R, SelectionEvent, StatusEvent
+from satapi.client.events import (
+    DeltaEvent,
+    ImageEvent,
+    ProgressEvent,
+    R,
+    SelectionEvent,
+    StatusEvent,
+)
 from satapi.client.streams import AnalysisStream
 from satapi.models import TimeseriesResponse
 
@@ -72,18 +80,37 @@ def add_commands(sub: Any) -> None:
         )
         add_service_options(parser.add_argument_group("service"), after_command=True)
         area = parser.add_argument_group("image")
-        area.add_argument(
+        where = area.add_mutually_exclusive_group(required=True)
+        where.add_argument(
             "--bbox",
             nargs="+",
-            required=True,
             metavar="BBOX",
             help="W,S,E,N or W S E N: west, south, east, north (lon/lat for EPSG:4326)",
+        )
+        where.add_argument(
+            "--geometry",
+            metavar="FILE|JSON",
+            help="instead of --bbox: a GeoJSON Polygon or MultiPolygon (a Feature, or a "
+            "FeatureCollection of one), in a file or inline; metrics count only its inside",
         )
         area.add_argument("--provider", help="a configured provider (default: the service's)")
         area.add_argument("--layer", help="WMS layer (default: the provider's)")
         area.add_argument("--crs", default=None, help="CRS of the bbox (default EPSG:4326)")
         area.add_argument("--width", type=int, default=None, help="pixels (default 512)")
         area.add_argument("--height", type=int, default=None, help="pixels (default 512)")
+        area.add_argument(
+            "--resolution",
+            type=float,
+            default=None,
+            metavar="M",
+            help="instead of --width/--height: metres per pixel (large areas come in tiles)",
+        )
+        area.add_argument(
+            "--format",
+            choices=sorted(FORMATS),
+            default=None,
+            help="png (default), jpeg, or tiff: a georeferenced GeoTIFF",
+        )
         parser.add_argument("--json", action="store_true", help="print the answer as JSON")
         parser.set_defaults(client_command=name)
         return parser
@@ -206,8 +233,59 @@ async def _with_client(
         return await work(client)
 
 
+FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "tiff": "image/tiff"}
+
+
+def read_geometry(value: str | Path) -> dict[str, Any]:
+    """The GeoJSON geometry `value` holds (inline JSON, or a file's path): a Polygon,
+    MultiPolygon or Feature as it is; a FeatureCollection must hold exactly one Feature."""
+    inline = isinstance(value, str) and value.lstrip().startswith("{")
+    path = Path(value) if not inline else Path("the --geometry value")
+    try:
+        data = json.loads(str(value) if inline else path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SatapiError(
+            f"--geometry: cannot read {path}: {exc.strerror}.", code="invalid_geometry"
+        ) from None
+    except ValueError as exc:
+        raise SatapiError(
+            f"--geometry: {path} is not JSON ({exc}).", code="invalid_geometry"
+        ) from None
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        features = data.get("features") or []
+        if len(features) != 1:
+            raise SatapiError(
+                f"--geometry: {path} holds {len(features)} features; give a file with one "
+                "Polygon or MultiPolygon (or merge them into a MultiPolygon).",
+                code="invalid_geometry",
+            )
+        data = features[0]
+    if not isinstance(data, dict):
+        raise SatapiError(f"--geometry: {path} holds no GeoJSON object.", code="invalid_geometry")
+    return data
+
+
 def _image_fields(args: argparse.Namespace) -> dict[str, Any]:
-    raw = ",".join(args.bbox).replace(" ", ",")
+    fields: dict[str, Any] = {}
+    if args.geometry is not None:
+        fields["geometry"] = read_geometry(args.geometry)
+    else:
+        fields["bbox"] = _bbox(args.bbox)
+    for name in ("provider", "layer", "crs", "width", "height", "resolution"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
+    if args.format is not None:
+        fields["format"] = FORMATS[args.format]
+    for name in ("time", "prompt", "analyzer"):
+        if getattr(args, name, None) is not None:
+            fields[name] = getattr(args, name)
+    if getattr(args, "clearest", None) is not None:
+        fields["clearest"] = _clearest(args.clearest, args)
+    return fields
+
+
+def _bbox(parts: list[str]) -> list[float]:
+    raw = ",".join(parts).replace(" ", ",")
     try:
         bbox = [float(v) for v in raw.split(",") if v]
     except ValueError:
@@ -216,16 +294,7 @@ def _image_fields(args: argparse.Namespace) -> dict[str, Any]:
         raise SatapiError(
             f"--bbox needs four numbers west,south,east,north, not {raw!r}.", code="invalid_bbox"
         )
-    fields: dict[str, Any] = {"bbox": bbox}
-    for name in ("provider", "layer", "crs", "width", "height"):
-        if getattr(args, name) is not None:
-            fields[name] = getattr(args, name)
-    for name in ("time", "prompt", "analyzer"):
-        if getattr(args, name, None) is not None:
-            fields[name] = getattr(args, name)
-    if getattr(args, "clearest", None) is not None:
-        fields["clearest"] = _clearest(args.clearest, args)
-    return fields
+    return bbox
 
 
 def _print_json(model: BaseModel, out: TextIO) -> None:
@@ -319,7 +388,10 @@ def _narrate(event: Any) -> None:
         return
     if not sys.stderr.isatty():
         return
-    if isinstance(event, StatusEvent):
+    if isinstance(event, ProgressEvent):
+        side = f" ({event.side})" if event.side else ""
+        print(f"[tiles {event.done} of {event.total}{side}]", file=sys.stderr)
+    elif isinstance(event, StatusEvent):
         side = f" ({event.side})" if event.side else ""
         attempt = event.data.get("attempt")
         retry = f", attempt {attempt} of {event.data.get('attempts')}" if attempt else ""

@@ -1,5 +1,5 @@
-"""Typed events of the analysis streams (`status`, `selection`, `image`, `delta`, `result`,
-`error`), parsed from httpx-sse's `ServerSentEvent`s.
+"""Typed events of the analysis streams (`status`, `progress`, `selection`, `image`, `delta`,
+`result`, `error`), parsed from httpx-sse's `ServerSentEvent`s.
 
 An event this client does not know (a newer service) becomes an `UnknownEvent`, never an error.
 """
@@ -27,6 +27,16 @@ class StatusEvent:
     stage: str
     side: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
+    event_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Tiles of a large area arriving: `done` of `total` (`side` on comparisons)."""
+
+    done: int
+    total: int
+    side: str | None = None
     event_id: str | None = None
 
 
@@ -93,6 +103,7 @@ class UnknownEvent:
 
 StreamEvent = (
     StatusEvent
+    | ProgressEvent
     | SelectionEvent
     | ImageEvent
     | DeltaEvent
@@ -117,12 +128,14 @@ def parse_event(name: str, raw: str, event_id: str | None, result_model: type[R]
 
 
 def _typed(name: str, data: Any, event_id: str | None, result_model: type[R]) -> Any:
-    known = {"status", "selection", "image", "delta", "result", "error"}
+    known = {"status", "progress", "selection", "image", "delta", "result", "error"}
     if name not in known or not isinstance(data, dict):
         return UnknownEvent(name, data, event_id)
     side = data.get("side")
     if name == "status":
         return StatusEvent(str(data["stage"]), side, data, event_id)
+    if name == "progress":
+        return ProgressEvent(int(data["done"]), int(data["total"]), side, event_id)
     if name == "selection":
         return SelectionEvent(
             data.get("chosen"), list(data.get("candidates") or []), side, data, event_id
