@@ -186,6 +186,20 @@ def test_map_page_end_to_end(service: tuple[str, Path]) -> None:
         expect(page.locator("#status")).to_contain_text("2 dates", timeout=30_000)
         assert page.locator("#chart svg polyline").count() >= 2
         page.screenshot(path=str(ARTIFACTS / "viewer.png"))
+
+        # a polygon: click its corners, close it on the first; the analysis is of its inside
+        # (a triangle over the clear-cut on 2024-06-01: all bare soil, although its box is not)
+        page.click("#draw-polygon")
+        triangle = [(10.3, 46.1), (11.7, 46.1), (10.3, 45.3)]
+        for lon, lat in [*triangle, triangle[0]]:
+            page.mouse.click(*_screen_point(page, lon, lat))
+        expect(page.locator("#clear-polygon")).to_be_visible()
+        page.click("#analyze")
+        expect(page.locator("#status")).to_contain_text("px inside", timeout=30_000)
+        assert "100 % of the area is bare soil" in (page.locator("#text").text_content() or "")
+        page.screenshot(path=str(ARTIFACTS / "viewer-polygon.png"))
+        page.click("#clear-polygon")
+        expect(page.locator("#clear-polygon")).to_be_hidden()
         assert not problems, problems  # no script error, no CSP violation, no failed load
 
         # the clearest date of a window: the status says which date was chosen

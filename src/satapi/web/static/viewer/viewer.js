@@ -17,6 +17,9 @@
     overlay: null,
     overlayUrl: null,
     drawing: false,
+    // A polygon drawn with "Draw polygon": its GeoJSON (sent as `geometry` instead of the bbox).
+    geometry: null,
+    polygonDrawing: false,
     busy: false,
     pendingKey: null,
   };
@@ -321,11 +324,75 @@
     $("draw").classList.remove("active");
     map.getContainer().classList.remove("drawing");
     map.dragging.enable();
+    clearPolygon();
     const wrap = (lon) => Math.max(-180, Math.min(180, lon));
     const clampLat = (lat) => Math.max(-90, Math.min(90, lat));
     setBbox([wrap(b.getWest()), clampLat(b.getSouth()), wrap(b.getEast()), clampLat(b.getNorth())], false);
   });
-  for (const id of ["west", "south", "east", "north"]) $(id).addEventListener("change", () => showArea(true));
+  for (const id of ["west", "south", "east", "north"]) {
+    $(id).addEventListener("change", () => {
+      clearPolygon();
+      showArea(true);
+    });
+  }
+
+  // Polygon: press "Draw polygon", click each corner, double-click (or click the first corner)
+  // to close it. Requests then send it as `geometry`; the box fields show its bounds.
+  const polygon = L.polygon([], { color: "#ff7800", weight: 2, fillOpacity: 0.08 });
+  let corners = [];
+  function clearPolygon() {
+    state.geometry = null;
+    corners = [];
+    if (map.hasLayer(polygon)) map.removeLayer(polygon);
+    $("clear-polygon").hidden = true;
+  }
+  function stopPolygonDrawing() {
+    state.polygonDrawing = false;
+    $("draw-polygon").classList.remove("active");
+    map.getContainer().classList.remove("drawing");
+    map.doubleClickZoom.enable();
+  }
+  function finishPolygon() {
+    stopPolygonDrawing();
+    if (corners.length < 3) {
+      clearPolygon();
+      showError(new ApiError("A polygon needs at least three corners.", "invalid_geometry", 0));
+      return;
+    }
+    const ring = corners.map((c) => [Number(c.lng.toFixed(6)), Number(c.lat.toFixed(6))]);
+    ring.push(ring[0]);
+    state.geometry = { type: "Polygon", coordinates: [ring] };
+    const b = polygon.getBounds();
+    setBbox([b.getWest(), b.getSouth(), b.getEast(), b.getNorth()], false);
+    if (map.hasLayer(area)) map.removeLayer(area);
+    $("clear-polygon").hidden = false;
+    setStatus("Polygon of " + corners.length + " corners: fetch, analyse, compare or chart it.");
+  }
+  $("draw-polygon").addEventListener("click", () => {
+    if (state.polygonDrawing) return finishPolygon();
+    clearPolygon();
+    state.polygonDrawing = true;
+    $("draw-polygon").classList.add("active");
+    map.getContainer().classList.add("drawing");
+    map.doubleClickZoom.disable();
+    polygon.setLatLngs([]).addTo(map);
+    setStatus("Click each corner; double-click, or click the first corner, to close the polygon.");
+  });
+  $("clear-polygon").addEventListener("click", () => {
+    clearPolygon();
+    showArea(false);
+  });
+  map.on("click", (e) => {
+    if (!state.polygonDrawing) return;
+    if (corners.length >= 3 && map.latLngToContainerPoint(corners[0]).distanceTo(e.containerPoint) < 8) {
+      return finishPolygon();
+    }
+    corners.push(e.latlng);
+    polygon.setLatLngs(corners);
+  });
+  map.on("dblclick", () => {
+    if (state.polygonDrawing) finishPolygon();
+  });
 
   async function showOverlay(imageId, b) {
     const response = await call("/api/images/" + imageId);
@@ -416,10 +483,22 @@
 
   // --- actions ---------------------------------------------------------------------------------
 
+  // The request's area: the drawn polygon (`geometry`) or the box; `bounds` is where its
+  // image goes on the map (not sent).
   function imageFields() {
     const b = bbox();
-    const fields = Object.assign({ provider: $("provider").value, layer: $("layer").value, bbox: b }, size(b));
+    const where = state.geometry ? { geometry: state.geometry } : { bbox: b };
+    const fields = Object.assign({ provider: $("provider").value, layer: $("layer").value }, where, size(b));
+    Object.defineProperty(fields, "bounds", { value: b, enumerable: false });
     return fields;
+  }
+
+  // "area 12.3 km², 4,567 px inside, 4 tiles" for an answer's image with an `area`.
+  function areaText(image) {
+    const a = image && image.area;
+    if (!a) return "";
+    const tiles = a.tiles > 1 ? ", " + a.tiles + " tiles" : "";
+    return "; area " + a.area_km2.toLocaleString() + " km², " + a.pixels.toLocaleString() + " px inside" + tiles;
   }
 
   // The date of Fetch and Analyse: the picked one, or the clearest in a window when asked.
@@ -458,10 +537,10 @@
     run("Fetching", async () => {
       const fields = addWhen(imageFields());
       const answer = await (await postJson("/api/images", fields)).json();
-      await showOverlay(answer.image.id, fields.bbox);
+      await showOverlay(answer.image.id, fields.bounds);
       hideLegend();
       setStatus(
-        "Image " + answer.image.width + "×" + answer.image.height + chosenText(answer) + (answer.image.cached ? " (from the store)" : "") + "."
+        "Image " + answer.image.width + "×" + answer.image.height + chosenText(answer) + areaText(answer.image) + (answer.image.cached ? " (from the store)" : "") + "."
       );
     })
   );
@@ -478,6 +557,8 @@
       if (event.name === "status") {
         const retry = event.data.attempt ? ", attempt " + event.data.attempt + " of " + event.data.attempts : "";
         setStatus(event.data.stage + (event.data.side ? " (" + event.data.side + ")" : "") + retry + "…");
+      } else if (event.name === "progress") {
+        setStatus("tiles " + event.data.done + " of " + event.data.total + (event.data.side ? " (" + event.data.side + ")" : "") + "…");
       } else if (event.name === "selection") {
         setStatus("chose " + (event.data.chosen || "the clearest date") + (event.data.side ? " (" + event.data.side + ")" : ""));
       } else if (event.name === "delta") {
@@ -498,9 +579,9 @@
     run("Analysing", async () => {
       const fields = addWhen(analysisFields(imageFields()));
       await stream("/api/vision/analyze_satellite_stream", fields, async (result) => {
-        await showOverlay(result.image.id, fields.bbox);
+        await showOverlay(result.image.id, fields.bounds);
         hideLegend();
-        setStatus("Analysed by " + result.analysis.analyzer + (result.analysis.model ? " (" + result.analysis.model + ")" : "") + chosenText(result) + ".");
+        setStatus("Analysed by " + result.analysis.analyzer + (result.analysis.model ? " (" + result.analysis.model + ")" : "") + chosenText(result) + areaText(result.image) + ".");
       });
     })
   );
@@ -517,10 +598,10 @@
       await stream("/api/comparison/analyze_stream", fields, async (result) => {
         const mask = result.images.change_mask;
         if (mask) {
-          await showOverlay(mask.id, fields.bbox);
+          await showOverlay(mask.id, fields.bounds);
           showLegend(result.analysis.metrics);
         } else {
-          await showOverlay(result.images.after.id, fields.bbox);
+          await showOverlay(result.images.after.id, fields.bounds);
           hideLegend();
         }
         setStatus("Compared " + fields.before.time + " → " + fields.after.time + ".");
