@@ -5,7 +5,7 @@ issuing short-lived random tokens and a Process API that checks the bearer token
 and answers a PNG of the requested size. The app runs in-process (ASGI) and reaches the fake
 over real sockets. Proven here: the request body, the token cache (one token for 100
 concurrent first requests, one refresh on expiry, one shared refresh on revocation), wrong
-credentials, 429 handling, error JSON, the 2500 px limit, every route on this provider, and no
+credentials, 429 handling, error JSON, the 2500 px limit (tiles beyond it), every route on this provider, and no
 secret or token in any response, log record or stored file.
 """
 
@@ -227,8 +227,6 @@ def test_settings_reach_the_body() -> None:
 @pytest.mark.parametrize(
     ("over", "words"),
     [
-        ({"width": 2600}, "2500"),
-        ({"height": 2501}, "2500"),
         ({"crs": "EPSG:32633"}, "EPSG:3857"),
         ({"layer": "landsat-ot-l2"}, "sentinel-2-l2a"),
         ({"style": "x"}, "styles"),
@@ -657,11 +655,11 @@ async def test_server_errors_are_retried_then_reported(
     assert r.status_code == 502 and r.json()["provider_code"] == "COMMON_UNAVAILABLE"
 
 
-async def test_2600_px_is_422_before_any_call(api: httpx.AsyncClient, sh: FakeSentinelHub) -> None:
+async def test_2600_px_comes_in_two_tiles(api: httpx.AsyncClient, sh: FakeSentinelHub) -> None:
     r = await api.post("/api/images", json=body(width=2600, height=100))
-    assert r.status_code == 422, r.text
-    assert r.json()["code"] == "invalid_request" and "2500" in r.json()["error"]
-    assert sh.token_calls == [] and sh.process_calls == []
+    assert r.status_code == 200, r.text
+    assert r.json()["image"]["area"]["tiles"] == 2
+    assert sorted(c.body["output"]["width"] for c in sh.process_calls) == [1300, 1300]  # type: ignore[index]
 
 
 async def test_wms_url_on_this_provider_is_refused(
@@ -981,7 +979,10 @@ def test_real_server_with_the_builtin_cdse_entry(
         assert series["partial"] is False
         tile = call("GET", "/api/tiles/cdse/2/2/1.png", params={"time": "2024-06-01"})
         assert tile.headers["content-type"] == "image/png"
-        call("POST", "/api/images", 422, json=body(width=2600))
+        # wider than one Process API call: two tiles
+        assert (
+            call("POST", "/api/images", json=body(width=2600)).json()["image"]["area"]["tiles"] == 2
+        )
         sh.process_script.append(Fail(400, "RENDERER_EXCEPTION", "bad script", False))
         failed = call("POST", "/api/images", 502, json=body(time="2024-09-01")).json()
         assert failed["provider_code"] == "RENDERER_EXCEPTION"
@@ -1108,3 +1109,29 @@ def test_two_replicas_share_one_token_through_redis(
     finally:
         for replica in replicas:
             replica.stop()
+
+
+async def test_a_large_image_is_fetched_in_tiles_of_at_most_2500(
+    api: httpx.AsyncClient, sh: FakeSentinelHub
+) -> None:
+    # 3000 x 600 px: wider than the Process API serves at once, so two tiles of 1500 x 600.
+    r = await api.post(
+        "/api/images",
+        json=body(width=3000, height=600, format="image/tiff"),
+    )
+    assert r.status_code == 200, r.text
+    image = r.json()["image"]
+    assert image["area"]["tiles"] == 2 and image["content_type"] == "image/tiff"
+    outputs = sorted(
+        (
+            c.body["output"]["width"],
+            c.body["output"]["height"],
+            tuple(c.body["input"]["bounds"]["bbox"]),
+        )  # type: ignore[index]
+        for c in sh.process_calls
+    )
+    assert [o[:2] for o in outputs] == [(1500, 600), (1500, 600)]
+    west, south, east, north = BBOX
+    middle = west + (east - west) / 2
+    assert outputs[0][2] == pytest.approx((west, south, middle, north))
+    assert outputs[1][2] == pytest.approx((middle, south, east, north))

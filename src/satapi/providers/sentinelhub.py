@@ -144,12 +144,11 @@ def _number(value: float) -> float | int:
 def process_request(
     provider: ProviderConfig, req: GetMapRequest, *, today: dt.date | None = None
 ) -> dict[str, Any]:
-    """The Process API JSON body for `req` (validated; a 422 `SatapiError` when not possible)."""
-    if req.width > MAX_PX or req.height > MAX_PX:
-        raise InvalidRequest(
-            f"The Sentinel Hub Process API renders at most {MAX_PX} x {MAX_PX} pixels; "
-            f"{req.width} x {req.height} is too large."
-        )
+    """The Process API JSON body for `req` (validated; a 422 `SatapiError` when not possible).
+
+    A size above `MAX_PX` is not refused here: `ImageService` fetches such an image as tiles of
+    at most `MAX_PX` (`ProviderConfig.tile_limit`), and `download` refuses any single call above
+    it."""
     crs = CRS_URLS.get(req.crs.upper())
     if crs is None:
         raise InvalidRequest(
@@ -524,6 +523,9 @@ class SentinelHubClient:
     ) -> DownloadStats:
         """POST the target's body and stream the image into `writer`, retrying transients.
 
+        A target larger than `MAX_PX` on a side (one that was not split into tiles) is refused
+        before any call.
+
         A 401 refreshes the token once (shared with every request refused for the same token)
         and repeats the call once; 429 waits Retry-After (ms) within the retry budget, then 503
         `upstream_busy`.
@@ -533,6 +535,12 @@ class SentinelHubClient:
         tokens = self.tokens.get(target.source)
         if tokens is None or target.body is None:
             raise UnknownProvider(f"{target.source!r} is not a Sentinel Hub provider.")
+        width, height = target.expected_size or (0, 0)
+        if width > MAX_PX or height > MAX_PX:
+            raise InvalidRequest(
+                f"The Sentinel Hub Process API renders at most {MAX_PX} x {MAX_PX} pixels per "
+                f"call; {width} x {height} must be fetched in tiles."
+            )
         try:
             await self._retry.run(
                 lambda: self._attempt(target, tokens, writer, stats, on_transfer),
