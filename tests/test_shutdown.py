@@ -241,6 +241,11 @@ async def sigterm_two_workers(
     upstream.reset()
     server = start_server(tmp_path, upstream, grace, workers=2)
     try:
+        # Both workers listening before the requests go out (on a busy machine the second
+        # starts later, and the kernel would give every connection to the first).
+        deadline = time.monotonic() + 30
+        while server.log().count(" ready: ") < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         async with contextlib.AsyncExitStack() as stack:
             clients = [
                 await stack.enter_async_context(httpx.AsyncClient(base_url=server.url, timeout=30))

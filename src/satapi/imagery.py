@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import logging
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -36,8 +35,6 @@ from satapi.wms_client import DownloadStats, FetchTarget, GetMapRequest, ImageCl
 # Hears a download's stages: `stage("downloading")`, with `attempt=` and `attempts=` keywords
 # when the download is a retry.
 StageCallback = Callable[..., None]
-
-log = logging.getLogger("satapi.imagery")
 
 
 class FleetFlightLock(Protocol):
@@ -167,8 +164,7 @@ class ImageService:
         if config.kind == "wms":
             try:
                 layers = await self.client.layers(name)
-            except SatapiError as exc:
-                log.warning("capabilities of %s unavailable (%s); MaxWidth unknown", name, exc.code)
+            except SatapiError:  # the layer check logs it; no MaxWidth to go by
                 layers = []
             if layers:  # MaxWidth/MaxHeight belong to the service: every layer has them
                 limits += [layers[0].max_width, layers[0].max_height]

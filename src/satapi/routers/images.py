@@ -111,7 +111,10 @@ async def _record(store: ImageStore, image_id: str) -> ImageRecord:
     summary="Get a stored image's bytes",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"image/png": {}, "image/jpeg": {}}, "description": "The image."},
+        200: {
+            "content": {"image/png": {}, "image/jpeg": {}, "image/tiff": {}},
+            "description": "The image (a GeoTIFF for `format: image/tiff`).",
+        },
         304: {"description": "Not modified (If-None-Match matched the ETag)."},
     },
 )
