@@ -52,7 +52,9 @@ def test(args: list[str]) -> int:
     ):
         if code := _run(step):
             return code
-    return _run([BIN / "pytest", *args])
+    # One pytest worker per core (pytest-xdist): the suite is mostly servers and subprocesses
+    # waiting, so it takes about half the time on two cores. `-n 0` runs it in one process.
+    return _run([BIN / "pytest", "-n", "auto", *args])
 
 
 def serve(args: list[str]) -> int:
