@@ -14,14 +14,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# (stage, markers): a sample belongs to the first stage one of whose markers is in its stack.
-STAGES: list[tuple[str, tuple[str, ...]]] = [
+# A sample whose innermost frame is one of these is a thread waiting (py-spy does not always
+# see a futex or epoll wait as idle): counted apart, not as CPU.
+IDLE = (
+    "EpollSelector.select (selectors.py",
+    "Condition.wait (threading.py",
+    "_worker (concurrent/futures/thread.py",
+    "Queue.get (queue.py",
+)
+# Stages that own everything under them, wherever they are on the stack (checked first).
+OWNERS: list[tuple[str, tuple[str, ...]]] = [
     ("Claude: image preparation", ("satapi/analyzers/imageprep.py",)),
+    ("WMS: image check (Pillow)", ("satapi/imaging.py",)),
     ("Claude: SDK stream and SSE parsing", ("anthropic/_streaming", "anthropic/lib/streaming")),
     ("Claude: SDK request building", ("anthropic/",)),
-    ("Claude: HTTP (httpx2 over aiohttp)", ("httpx2/", "httpx_aiohttp", "httpcore2/")),
-    ("WMS: image check (Pillow)", ("satapi/imaging.py",)),
     ("store writes and reads (aiofiles, threads)", ("satapi/stores/", "aiofiles/")),
+]
+# The rest: the innermost frame that matches one of these names the stage.
+STAGES: list[tuple[str, tuple[str, ...]]] = [
+    ("Claude: HTTP (httpx2 over aiohttp)", ("httpx2/", "httpx_aiohttp", "httpcore2/")),
     ("WMS: download (aiohttp transport)", ("satapi/providers/", "aiohttp/", "satapi/wms_client")),
     ("logs and metrics", ("satapi/observability/", "logging/", "prometheus_client/")),
     (
@@ -34,13 +45,21 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("event loop (asyncio, selectors)", ("asyncio/", "selectors.py", "uvloop")),
 ]
 OTHER = "other"
+WAITING = "waiting (idle threads)"
 
 
 def stage_of(stack: str) -> str:
     """The stage a sample's `;`-joined stack belongs to."""
-    for name, markers in STAGES:
+    frames = stack.split(";")
+    if frames[-1].startswith(IDLE):
+        return WAITING
+    for name, markers in OWNERS:
         if any(marker in stack for marker in markers):
             return name
+    for frame in reversed(frames):
+        for name, markers in STAGES:
+            if any(marker in frame for marker in markers):
+                return name
     return OTHER
 
 
@@ -62,6 +81,8 @@ def by_stage(path: Path) -> tuple[dict[str, int], int]:
 def table(path: Path, requests: int | None = None, cpu_s: float | None = None) -> str:
     """A Markdown table of the stages: share of samples, and CPU ms per request when known."""
     counts, total = by_stage(path)
+    waiting = counts.pop(WAITING, 0)
+    total -= waiting
     per_request = requests is not None and cpu_s is not None and requests > 0
     head = "| stage | share of CPU samples |" + (" CPU per request |" if per_request else "")
     rule = "| --- | --- |" + (" --- |" if per_request else "")
@@ -76,6 +97,7 @@ def table(path: Path, requests: int | None = None, cpu_s: float | None = None) -
     if per_request:
         assert requests is not None and cpu_s is not None
         lines.append(f"| **all** | {total} samples | **{1000 * cpu_s / requests:.2f} ms** |")
+    lines.append(f"\n({waiting} samples of threads waiting left out.)")
     return "\n".join(lines)
 
 

@@ -405,7 +405,7 @@ def test_damaged_pixels_in_a_stored_deflate_block_are_caught_by_the_checksum(
     start, _ = idat_span(data)
     for offset in (100, 300, 605):  # after the zlib header (2) and the stored block's header (5)
         damaged = fix_crcs(flipped(data, (start + 2 + 5 + offset) * 8))
-        assert "incorrect data check" in verify.rejection(damaged)
+        assert "checksum" in verify.rejection(damaged).lower()  # zlib's adler32, via ISA-L
         assert not pillow_accepts(damaged)
 
 
