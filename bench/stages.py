@@ -25,7 +25,7 @@ IDLE = (
 # Stages that own everything under them, wherever they are on the stack (checked first).
 OWNERS: list[tuple[str, tuple[str, ...]]] = [
     ("Claude: image preparation", ("satapi/analyzers/imageprep.py",)),
-    ("WMS: image check (Pillow)", ("satapi/imaging.py",)),
+    ("WMS: image check (PNG inflate, ISA-L)", ("satapi/imaging.py",)),
     ("Claude: SDK stream and SSE parsing", ("anthropic/_streaming", "anthropic/lib/streaming")),
     ("Claude: SDK request building", ("anthropic/",)),
     ("store writes and reads (aiofiles, threads)", ("satapi/stores/", "aiofiles/")),
