@@ -15,14 +15,12 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import shapely
 from affine import Affine
 from numpy.typing import NDArray
-from pyproj import Geod, Transformer
-from rasterio.errors import NotGeoreferencedWarning
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
@@ -30,10 +28,23 @@ from satapi.analyzers.base import AreaOfInterest
 from satapi.errors import AreaTooLarge, InvalidGeometry
 from satapi.wms_client import GEOGRAPHIC, BBox
 
-# rasterize (`Region.mask`) warns from its in-memory dataset before it sets the transform.
-warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+if TYPE_CHECKING:
+    from pyproj import Geod, Transformer
 
-GEOD = Geod(ellps="WGS84")
+# rasterize (`Region.mask`) warns from its in-memory dataset before it sets the transform.
+# (By message: rasterio and pyproj are imported on the first area request, not with the
+# service: together they are ~60 MB of every process.)
+warnings.filterwarnings("ignore", message="Dataset has no geotransform")
+
+
+@functools.cache
+def geod() -> Geod:
+    """The WGS 84 ellipsoid's geodesic calculator (pyproj, imported on first use)."""
+    from pyproj import Geod
+
+    return Geod(ellps="WGS84")
+
+
 GEOMETRY_TYPES = ("Polygon", "MultiPolygon")
 
 
@@ -110,6 +121,8 @@ def _geographic(crs: str) -> bool:
 
 @functools.lru_cache(maxsize=64)
 def _transformer(src: str, dst: str) -> Transformer:
+    from pyproj import Transformer
+
     def name(crs: str) -> str:
         return "OGC:CRS84" if crs.upper() in ("CRS:84", "OGC:CRS84") else crs
 
@@ -147,8 +160,8 @@ def ground_size_m(bbox: BBox, crs: str) -> tuple[float, float]:
     mid_lat, mid_lon = (south + north) / 2, (west + east) / 2
     # Geod.inv takes the shorter way round: a box wider than 180° is measured in two halves.
     half = (east - west) / 2
-    _, _, w1 = GEOD.inv(west, mid_lat, west + half, mid_lat)
-    _, _, height = GEOD.inv(mid_lon, south, mid_lon, north)
+    _, _, w1 = geod().inv(west, mid_lat, west + half, mid_lat)
+    _, _, height = geod().inv(mid_lon, south, mid_lon, north)
     return 2 * float(w1), float(height)
 
 
@@ -234,7 +247,7 @@ class Region:
     @functools.cached_property
     def area_km2(self) -> float:
         """The geodesic area inside the geometry (holes excluded), in km²."""
-        area: float = GEOD.geometry_area_perimeter(self.lonlat)[0]
+        area: float = geod().geometry_area_perimeter(self.lonlat)[0]
         return abs(area) / 1e6
 
     def mask(self, shape: tuple[int, int], bbox: BBox | None = None) -> NDArray[np.bool_]:
@@ -353,7 +366,7 @@ def area_info(
         pixels = int(np.count_nonzero(region.mask((height, width), bbox)))
     else:
         west, south, east, north = lonlat_bbox(bbox, crs)
-        area, _ = GEOD.geometry_area_perimeter(shapely.box(west, south, east, north))
+        area, _ = geod().geometry_area_perimeter(shapely.box(west, south, east, north))
         km2, pixels = abs(float(area)) / 1e6, width * height
     return AreaInfo(
         area_km2=round(km2, 4),
