@@ -44,6 +44,7 @@ from bench.fake_ai import command as fake_ai_command
 from bench.fake_ai import fetch_stats as fetch_ai_stats
 from bench.fake_ai import reset_stats as reset_ai_stats
 from bench.procs import OUT_DIR, REPO_ROOT, ServerProcess, free_port
+from bench.stages import read_folded
 from bench.upstream import fetch_stats, reset_stats, upstream_command
 
 SYSTEMS = ("satapi", "satapi-2w", "satapi-2w-redis", "baseline-sync", "baseline-gthread")
@@ -437,11 +438,7 @@ def summarize_folded(path: Path, top: int = 15) -> str:
     inclusive: dict[str, int] = {}
     own: dict[str, int] = {}
     total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for stack, count in read_folded(path):
         total += count
         frames = stack.split(";")
         for frame in set(frames):

@@ -12,6 +12,7 @@ logs) the shares become milliseconds of CPU per request.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 
 # A sample whose innermost frame is one of these is a thread waiting (py-spy does not always
@@ -63,15 +64,19 @@ def stage_of(stack: str) -> str:
     return OTHER
 
 
+def read_folded(path: Path) -> Iterator[tuple[str, int]]:
+    """(stack, samples) for each line of a py-spy raw (folded) profile."""
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            yield stack, int(count_text)
+
+
 def by_stage(path: Path) -> tuple[dict[str, int], int]:
     """Samples per stage in a py-spy raw (folded) profile, and the total."""
     counts: dict[str, int] = {}
     total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for stack, count in read_folded(path):
         total += count
         stage = stage_of(stack)
         counts[stage] = counts.get(stage, 0) + count

@@ -39,6 +39,7 @@ from tests.support.mapserver import (
 )
 from tests.test_comparison import parse_sse
 from tests.test_images_api import _app_client
+from tests.test_mapserver_clearest import _settings as clearest_settings
 
 pytestmark = pytest.mark.mapserver
 
@@ -66,17 +67,9 @@ async def proxy(small_wms: MapServerWMS) -> AsyncIterator[CountingProxy]:
 def _settings(
     make_settings: Callable[..., Settings], proxy: CountingProxy, **overrides: Any
 ) -> Settings:
-    return make_settings(
-        default_provider="ms",
-        providers={
-            "ms": {
-                "url": f"{proxy.url}/wms",
-                "version": "1.3.0",
-                "default_layer": LAYER,
-                "max_concurrency": CAP,
-            }
-        },
-        **overrides,
+    """Provider `ms` (the small MapServer behind `proxy`), `scene` its default layer."""
+    return clearest_settings(
+        make_settings, proxy, CAP, provider={"default_layer": LAYER}, **overrides
     )
 
 

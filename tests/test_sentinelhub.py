@@ -5,8 +5,8 @@ issuing short-lived random tokens and a Process API that checks the bearer token
 and answers a PNG of the requested size. The app runs in-process (ASGI) and reaches the fake
 over real sockets. Proven here: the request body, the token cache (one token for 100
 concurrent first requests, one refresh on expiry, one shared refresh on revocation), wrong
-credentials, 429 handling, error JSON, the 2500 px limit (tiles beyond it), every route on this provider, and no
-secret or token in any response, log record or stored file.
+credentials, 429 handling, error JSON, the 2500 px limit (tiles beyond it), every route on
+this provider, and no secret or token in any response, log record or stored file.
 """
 
 from __future__ import annotations

@@ -8,10 +8,10 @@ import dataclasses
 import functools
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from satapi.analyzers.base import AreaOfInterest, DataWindow
 from satapi.areas import AreaInfo, Tile, area_info, check_pixels, tile_grid
@@ -35,6 +35,7 @@ from satapi.wms_client import DownloadStats, FetchTarget, GetMapRequest, ImageCl
 # Hears a download's stages: `stage("downloading")`, with `attempt=` and `attempts=` keywords
 # when the download is a retry.
 StageCallback = Callable[..., None]
+T = TypeVar("T")
 
 
 class FleetFlightLock(Protocol):
@@ -331,14 +332,7 @@ class ImageService:
             except SatapiError as exc:
                 raise for_side(exc, side) from None
 
-        tasks = [asyncio.create_task(one(side, t)) for side, t in targets.items()]
-        try:
-            results = await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        results = await all_or_nothing([one(side, t) for side, t in targets.items()])
         return dict(zip(targets, results, strict=True))
 
     async def fetch_each(
@@ -476,24 +470,8 @@ class ImageService:
                 expected_size=target.expected_size,
                 max_pixels=self.max_px * self.max_px,
             )
-            req = target.request
-            now = time.time()
-            record = ImageRecord(
-                id=target.image_id,
-                content_type=info.content_type,
-                bytes=writer.bytes_written,
-                width=info.width,
-                height=info.height,
-                provider=target.source,
-                layer=target.layer,
-                bbox=list(req.bbox) if req else None,
-                crs=target.crs,
-                time=target.time,
-                fetched_at=now,
-                expires_at=None if target.has_time else now + self._cache_ttl_s,
-                source_url=target.url(redacted=True),
-                attribution=target.attribution,
-                kind=target.kind,
+            record = self._record(
+                target, info.content_type, writer.bytes_written, info.width, info.height
             )
             record = await writer.commit(record)  # a shared store may hold another's
         finally:
@@ -529,14 +507,7 @@ class ImageService:
             stage("progress", done=done, total=total)
             return fetched
 
-        tasks = [asyncio.create_task(one(tile, t)) for tile, t in target.tiles]
-        try:
-            fetched = await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        fetched = await all_or_nothing([one(tile, t) for tile, t in target.tiles])
         stats.queue_wait_s = max((f.queue_wait_s for f in fetched), default=0.0)
         encoded = [
             (tile, await self.store.read_bytes(f.record))
@@ -554,24 +525,7 @@ class ImageService:
             crs=req.crs,
         )
         del encoded
-        now = time.time()
-        record = ImageRecord(
-            id=target.image_id,
-            content_type=target.out_format,
-            bytes=len(data),
-            width=req.width,
-            height=req.height,
-            provider=target.source,
-            layer=target.layer,
-            bbox=list(req.bbox),
-            crs=target.crs,
-            time=target.time,
-            fetched_at=now,
-            expires_at=None if target.has_time else now + self._cache_ttl_s,
-            source_url=target.url(redacted=True),
-            attribution=target.attribution,
-            kind=target.kind,
-        )
+        record = self._record(target, target.out_format, len(data), req.width, req.height)
         await self.store.put_bytes(record, data)
         stored = await self.store.get(record.id, check=True)
         stage("downloaded")
@@ -581,10 +535,47 @@ class ImageService:
             download_s=time.perf_counter() - started - stats.queue_wait_s,
         )
 
+    def _record(
+        self, target: FetchTarget, content_type: str, nbytes: int, width: int, height: int
+    ) -> ImageRecord:
+        """The store record of a new image for `target`."""
+        req = target.request
+        now = time.time()
+        return ImageRecord(
+            id=target.image_id,
+            content_type=content_type,
+            bytes=nbytes,
+            width=width,
+            height=height,
+            provider=target.source,
+            layer=target.layer,
+            bbox=list(req.bbox) if req else None,
+            crs=target.crs,
+            time=target.time,
+            fetched_at=now,
+            expires_at=None if target.has_time else now + self._cache_ttl_s,
+            source_url=target.url(redacted=True),
+            attribution=target.attribution,
+            kind=target.kind,
+        )
+
     @property
     def downloads_in_progress(self) -> int:
         """Distinct downloads running now."""
         return len(self._flights)
+
+
+async def all_or_nothing(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run `coros` concurrently (`asyncio.gather`); when one fails, cancel the others, wait
+    for them, and raise its error."""
+    tasks = [asyncio.create_task(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _retry(stats: DownloadStats) -> dict[str, int]:
