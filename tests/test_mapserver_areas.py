@@ -33,6 +33,7 @@ from tests.support.mapserver import (
     CLOUDY_LAYER,
     FOREST_BOX,
     LAYER,
+    MARKER_BOX,
     STATIC_LAYER,
     WATER_BOX,
     MapServerWMS,
@@ -162,6 +163,22 @@ async def test_a_polygon_is_measured_inside_only(
     # ~290 km wide at 46 N, 200 km high: 290 x 200 px at 1 km/px, in one GetMap.
     assert (area["width"], area["height"]) == (287, 200)
     assert area["tiles"] == 1 and len(_getmaps(proxy)) == 1
+
+    # The other half of the same bbox: the same image, another polygon, other figures (not
+    # the first polygon's stored analysis).
+    other = {
+        "type": "Polygon",
+        "coordinates": [[[10.2, 45.1], [10.2, 46.9], [13.9, 46.9], [10.2, 45.1]]],
+    }
+    second = await client.post("/api/vision/analyze_satellite", json={**body, "geometry": other})
+    assert second.json()["image"]["id"] == answer["image"]["id"]
+    assert second.json()["analysis"]["cached"] is False
+    # (the red marker in the north-west corner is on the forest, and no land cover)
+    west2 = _inside_share(other, FOREST_BOX) - _inside_share(other, MARKER_BOX)
+    assert second.json()["analysis"]["metrics"]["vegetation_fraction"] == pytest.approx(
+        west2, abs=0.02
+    )
+    assert abs(west2 - west) > 0.2
 
 
 async def test_a_polygon_and_its_bbox_mask_both_sides_of_a_comparison(

@@ -65,9 +65,10 @@ def analysis_id(
     image_ids: Sequence[str],
     prompt: str | None,
     windows: Sequence[DataWindow | None] = (),
+    regions: Sequence[str | None] = (),
 ) -> str:
-    """sha256 of what determines an analysis: images (and the part of each that holds data),
-    analyzer, model and prompt."""
+    """sha256 of what determines an analysis: images (and the part of each that holds data,
+    and the polygon of an area request, by its `key`), analyzer, model and prompt."""
     key: dict[str, Any] = {
         "analyzer": analyzer,
         "model": model,
@@ -77,6 +78,8 @@ def analysis_id(
     parts = [None if w is None or w.is_whole else dataclasses.astuple(w) for w in windows]
     if any(parts):  # whole images keep the keys they always had
         key["windows"] = parts
+    if any(regions):
+        key["regions"] = list(regions)
     blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -132,6 +135,7 @@ class AnalysisService:
             [r.id for r in records],
             prompt,
             [fetched.data_window for _, fetched in images],
+            [None if fetched.region is None else fetched.region.key for _, fetched in images],
         )
         stored = await self._results.get(key)
         if stored is not None and await self._derived_present(stored):
