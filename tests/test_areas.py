@@ -247,3 +247,49 @@ def test_every_request_example_validates_and_one_has_a_polygon() -> None:
             if "geometry" in example:
                 assert getmap.region is not None and getmap.resolution_m == 10.0
                 assert 500 < getmap.width < 700 and 500 < getmap.height < 700  # ~6 km a side
+
+
+def test_a_stitched_image_measured_tile_by_tile_equals_it_measured_whole() -> None:
+    from satapi.analyzers.base import DataWindow, ImagePart
+    from satapi.analyzers.local import _analyse_one, _analyse_parts
+
+    rng = np.random.default_rng(7)
+    # Blocks of the local analyzer's classes (forest, water, soil, cloud, black) at random.
+    palette = np.array(
+        [(34, 139, 34), (20, 50, 120), (150, 110, 70), (240, 240, 240), (0, 0, 0)], np.uint8
+    )
+    blocks = rng.integers(0, len(palette), size=(12, 20))
+    whole = palette[np.kron(blocks, np.ones((25, 25), dtype=int))]  # 300 x 500
+    bbox = (10.0, 45.0, 14.0, 47.0)
+    region = Region.of(
+        {
+            "type": "Polygon",
+            "coordinates": [[[10.3, 45.2], [13.8, 45.6], [11.0, 46.9], [10.3, 45.2]]],
+        },
+        "EPSG:4326",
+    )
+    region = Region(lonlat=region.lonlat, geometry=region.geometry, crs="EPSG:4326", bbox=bbox)
+    parts = []
+    for tile in tile_grid(bbox, 500, 300, 128, 128):
+        buf = io.BytesIO()
+        Image.fromarray(whole[tile.y : tile.y + tile.height, tile.x : tile.x + tile.width]).save(
+            buf, "PNG"
+        )
+        parts.append(
+            ImagePart(
+                data=buf.getvalue(),
+                x=tile.x,
+                y=tile.y,
+                width=tile.width,
+                height=tile.height,
+                bbox=tile.bbox,
+            )
+        )
+    buf = io.BytesIO()
+    Image.fromarray(whole).save(buf, "PNG")
+    window = DataWindow(0.1, 0.0, 0.9, 0.8)
+    common: dict[str, Any] = {"data": buf.getvalue(), "content_type": "image/png", "region": region}
+    one = ImageInput(**common, data_window=window)
+    tiled = ImageInput(**common, data_window=window, parts=tuple(parts), size=(500, 300))
+    assert len(parts) == 12
+    assert _analyse_parts(tiled, 10**8) == _analyse_one(one, 10**8)

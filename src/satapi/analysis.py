@@ -17,6 +17,7 @@ from satapi.analyzers.base import (
     Analyzer,
     DataWindow,
     ImageInput,
+    ImagePart,
     TextDelta,
 )
 from satapi.errors import AINotConfigured
@@ -151,8 +152,14 @@ class AnalysisService:
             yield TextDelta(analyzed.text)
             yield analyzed
             return
+        by_parts = len(images) == 1 and getattr(analyzer, "takes_parts", False)
         inputs = [
-            _image_input(label, fetched, await self._store.read_bytes(fetched.record))
+            _image_input(
+                label,
+                fetched,
+                await self._store.read_bytes(fetched.record),
+                await self._parts(fetched) if by_parts else (),
+            )
             for label, fetched in images
         ]
         task = AnalysisTask(images=inputs, prompt=prompt)
@@ -246,6 +253,26 @@ class AnalysisService:
         """A persisted analysis answer."""
         return await self._results.get(key)
 
+    async def _parts(self, fetched: FetchedImage) -> tuple[ImagePart, ...]:
+        """A stitched image's tiles, encoded, for an analyzer that measures them one by one;
+        none (the whole image is analysed) when one of them has left the store."""
+        parts: list[ImagePart] = []
+        for tile, image_id in fetched.parts:
+            record = await self._store.get(image_id)
+            if record is None:
+                return ()
+            parts.append(
+                ImagePart(
+                    data=await self._store.read_bytes(record),
+                    x=tile.x,
+                    y=tile.y,
+                    width=tile.width,
+                    height=tile.height,
+                    bbox=tile.bbox,
+                )
+            )
+        return tuple(parts)
+
     async def _derived_present(self, stored: dict[str, Any]) -> bool:
         for image_id in (stored.get("derived_images") or {}).values():
             if await self._store.get(image_id) is None:
@@ -297,7 +324,9 @@ class AnalysisService:
         return made
 
 
-def _image_input(label: str, fetched: FetchedImage, data: bytes) -> ImageInput:
+def _image_input(
+    label: str, fetched: FetchedImage, data: bytes, parts: tuple[ImagePart, ...] = ()
+) -> ImageInput:
     record = fetched.record
     bbox = tuple(record.bbox) if record.bbox and len(record.bbox) == 4 else None
     return ImageInput(
@@ -311,4 +340,6 @@ def _image_input(label: str, fetched: FetchedImage, data: bytes) -> ImageInput:
         time=record.time,
         data_window=fetched.data_window,
         region=fetched.region,
+        parts=parts,
+        size=(record.width, record.height) if parts else None,
     )

@@ -60,6 +60,8 @@ class FetchedImage:
     # An area request: the polygon whose pixels count, and the figures of the area.
     region: AreaOfInterest | None = None
     area: AreaInfo | None = None
+    # A stitched image: its tiles and their image ids (each stored like any image).
+    parts: tuple[tuple[Tile, str], ...] = ()
 
     @property
     def coverage(self) -> float | None:
@@ -264,6 +266,9 @@ class ImageService:
             data_window=data_window,
             region=None if req is None else req.region,
             area=area,
+            parts=tuple((tile, t.image_id) for tile, t in planned.tiles)
+            if isinstance(planned, MosaicTarget)
+            else (),
         )
 
     async def _fetch(self, target: FetchTarget, on_stage: StageCallback | None) -> FetchedImage:

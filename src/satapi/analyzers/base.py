@@ -58,6 +58,19 @@ class AreaOfInterest(Protocol):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ImagePart:
+    """One tile of a stitched image, as it was fetched (encoded): where it lies in the whole
+    image (pixels from the top-left) and its bbox."""
+
+    data: bytes
+    x: int
+    y: int
+    width: int
+    height: int
+    bbox: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True, kw_only=True)
 class ImageInput:
     """One image to analyse, with what is known about where and when it was taken."""
 
@@ -74,6 +87,10 @@ class ImageInput:
     data_window: DataWindow | None = None
     # An area request's polygon: only the pixels inside it count, the rest is not the area.
     region: AreaOfInterest | None = None
+    # A stitched image's tiles, with the whole image's (width, height): an analyzer that can
+    # (the local one) measures them one by one instead of decoding the whole image.
+    parts: tuple[ImagePart, ...] = ()
+    size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,12 +6,16 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
+
 from satapi.analyzers import pixels
 from satapi.analyzers.base import (
     AnalysisEvent,
     AnalysisResult,
     AnalysisTask,
+    DataWindow,
     ImageInput,
+    ImagePart,
     TextDelta,
 )
 from satapi.cpu import CpuRunner
@@ -68,6 +72,38 @@ def _analyse_one(image: ImageInput, max_pixels: int) -> tuple[dict[str, Any], st
     return metrics, pixels.summarize(metrics, "frame" if region is None else "area")
 
 
+def _analyse_parts(image: ImageInput, max_pixels: int) -> tuple[dict[str, Any], str]:
+    """`_analyse_one` for a stitched image, tile by tile: one decoded tile in memory at a time,
+    the counts added up (blocking; runs in a worker thread)."""
+    assert image.size is not None
+    whole_width, whole_height = image.size
+    counts = pixels.Accumulator()
+    for part in image.parts:
+        decoded = _decode(part.data, image.label, max_pixels)
+        shape = (part.height, part.width)
+        if decoded.shape[:2] != shape:
+            raise NotAnImage(f"A tile of the {image.label} image is not the size it should be.")
+        region = None if image.region is None else image.region.mask(shape, part.bbox)
+        mask = region
+        window = image.data_window
+        if window is not None and not window.is_whole:
+            inside = _part_window(part, whole_width, whole_height, window)
+            mask = inside if mask is None else mask & inside
+        counts.add(decoded, mask, region)
+    metrics = counts.metrics()
+    return metrics, pixels.summarize(metrics, "frame" if image.region is None else "area")
+
+
+def _part_window(part: ImagePart, width: int, height: int, window: DataWindow) -> pixels.ValidMask:
+    """The data window of the whole image (fractions), on one tile's pixels."""
+    cols = (part.x + np.arange(part.width) + 0.5) / width
+    rows = (part.y + np.arange(part.height) + 0.5) / height
+    inside_cols = (cols >= window.left) & (cols <= window.right)
+    inside_rows = (rows >= window.top) & (rows <= window.bottom)
+    mask: pixels.ValidMask = np.logical_and.outer(inside_rows, inside_cols)
+    return mask
+
+
 def _analyse_pair(
     before: ImageInput, after: ImageInput, max_pixels: int
 ) -> tuple[dict[str, Any], str, bytes]:
@@ -95,6 +131,8 @@ class LocalAnalyzer:
     """Describes images from pixel colours alone: land-cover fractions and change masks."""
 
     name: str = "local"
+    # It measures a stitched image tile by tile when given the tiles (`ImageInput.parts`).
+    takes_parts: bool = True
 
     def __init__(self, cpu: CpuRunner, max_pixels: int = 64_000_000) -> None:
         self._cpu = cpu
@@ -110,7 +148,8 @@ class LocalAnalyzer:
         images: dict[str, bytes] = {}
         if len(task.images) == 1:
             image = task.images[0]
-            metrics, text = await self._cpu.run(_analyse_one, image, self._max_pixels)
+            run = _analyse_parts if image.parts and image.size else _analyse_one
+            metrics, text = await self._cpu.run(run, image, self._max_pixels)
         elif task.is_comparison:
             before, after = task.images
             metrics, text, mask_png = await self._cpu.run(

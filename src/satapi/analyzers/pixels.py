@@ -367,6 +367,10 @@ def classify(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
     return _scan(image).classes
 
 
+def _class_counts(classes: NDArray[np.uint8]) -> list[int]:
+    return [int(np.count_nonzero(classes == code)) for code in range(len(CLASS_NAMES))]
+
+
 def _metrics(scan: _Scan, outside: int = 0) -> dict[str, Any]:
     """The `measure()` dictionary for a finished scan.
 
@@ -375,24 +379,56 @@ def _metrics(scan: _Scan, outside: int = 0) -> dict[str, Any]:
     share of the whole frame without data. `outside` pixels (outside an area's polygon, all
     no-data in the scan) are not part of the frame at all.
     """
-    total = scan.classes.size - outside
-    counts = [int(np.count_nonzero(scan.classes == code)) for code in range(len(CLASS_NAMES))]
+    return _metrics_of(_class_counts(scan.classes), scan.brightness_sum, scan.color_counts, outside)
+
+
+class Accumulator:
+    """`measure()` over an image given piece by piece (the tiles of a large area): only the
+    counts are kept, so memory is that of one piece."""
+
+    def __init__(self) -> None:
+        self._counts = [0] * len(CLASS_NAMES)
+        self._brightness = 0
+        self._colors = np.zeros(_QUANT_BINS, dtype=np.int64)
+        self._outside = 0
+
+    def add(
+        self, rgba: NDArray[np.uint8], valid: ValidMask | None, region: ValidMask | None
+    ) -> None:
+        """Count one piece (`valid` and `region` as in `measure`, on the piece's grid)."""
+        scan = _scan(apply_valid(rgba, valid))
+        for code, n in enumerate(_class_counts(scan.classes)):
+            self._counts[code] += n
+        self._brightness += scan.brightness_sum
+        self._colors += scan.color_counts
+        self._outside += _outside(region)
+
+    def metrics(self) -> dict[str, Any]:
+        """What `measure()` gives for the whole image."""
+        return _metrics_of(list(self._counts), self._brightness, self._colors, self._outside)
+
+
+def _metrics_of(
+    counts: list[int], brightness_sum: int, color_counts: NDArray[np.int64], outside: int
+) -> dict[str, Any]:
+    total = sum(counts) - outside
+    counts = list(counts)
     counts[NODATA] -= outside
     valid = total - counts[NODATA]
 
     def fraction(code: int) -> float:
         return round(counts[code] / valid, 4) if valid else 0.0
 
-    mean_brightness = scan.brightness_sum / (valid * 765) if valid else 0.0
+    mean_brightness = brightness_sum / (valid * 765) if valid else 0.0
     # Stable order for ties: most pixels first, then the lowest bin code. Only occupied bins
     # are sorted (they come in ascending code order, so ties still go to the lowest code).
-    occupied = np.flatnonzero(scan.color_counts)
-    order = occupied[np.argsort(-scan.color_counts[occupied], kind="stable")][:_TOP_COLORS]
+    occupied = np.flatnonzero(color_counts)
+    order = occupied[np.argsort(-color_counts[occupied], kind="stable")][:_TOP_COLORS]
     dominant: list[dict[str, Any]] = []
     mask = (1 << _QUANT_BITS) - 1
     step = 1 << (8 - _QUANT_BITS)
     for code in order:
-        count = int(scan.color_counts[code])
+        count = int(color_counts[code])
         if count == 0:
             break
         # The centre of the bin, not the mean of its pixels: cheaper and just as stable.
