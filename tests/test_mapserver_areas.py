@@ -256,8 +256,20 @@ async def test_a_time_series_of_a_polygon(client: httpx.AsyncClient) -> None:
 
 
 async def test_geotiff_out_of_a_stitched_mosaic(
-    client: httpx.AsyncClient, proxy: CountingProxy, tmp_path: Path
+    make_settings: Callable[..., Settings], proxy: CountingProxy, tmp_path: Path
 ) -> None:
+    settings = _settings(make_settings, proxy)
+    async with _app_client(settings) as client:
+        r, got = await _geotiff(client)
+    # A restarted service finds it in its store (a .tif file that looks like a TIFF).
+    assert list(settings.data_dir.rglob("*.tif"))
+    async with _app_client(settings) as restarted:
+        again = await restarted.get(r.json()["image"]["url"])
+    assert again.status_code == 200 and again.content == got.content
+    _check_geotiff(r.json()["image"], got.content, tmp_path)
+
+
+async def _geotiff(client: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response]:
     r = await client.post(
         "/api/images",
         json={
@@ -273,8 +285,12 @@ async def test_geotiff_out_of_a_stitched_mosaic(
     assert image["area"]["tiles"] > 1
     got = await client.get(image["url"])
     assert got.headers["content-type"] == "image/tiff"
+    return r, got
+
+
+def _check_geotiff(image: dict[str, Any], content: bytes, tmp_path: Path) -> None:
     path = tmp_path / "area.tif"
-    path.write_bytes(got.content)
+    path.write_bytes(content)
 
     import rasterio
 

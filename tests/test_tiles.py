@@ -108,9 +108,12 @@ async def client(
 
 
 def tile_pixels(body: bytes) -> Any:
+    """The tile's RGB over white: satapi asks for TRANSPARENT=TRUE, so where the layer has no
+    data the tile is transparent (the expected image paints MapServer's white background)."""
     with Image.open(io.BytesIO(body)) as image:
         assert image.size == (256, 256)
-        return np.asarray(image.convert("RGB"))
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, image.convert("RGBA")).convert("RGB"))
 
 
 @pytest.mark.mapserver
@@ -123,6 +126,9 @@ async def test_a_tile_shows_the_scene_in_web_mercator(
     assert response.headers["content-type"] == "image/png"
     expected = expected_image(tile_bounds(z, x, y), 256, 256, date=LATE, crs="EPSG:3857")
     assert mismatch(tile_pixels(response.content), expected, tolerance=3) < 0.02
+    with Image.open(io.BytesIO(response.content)) as image:
+        alpha = np.asarray(image.convert("RGBA"))[..., 3]
+    assert alpha.min() == 0 and alpha.max() == 255  # no data outside the scene: transparent
     (getmap,) = recorded.requests("GetMap")
     assert (getmap["CRS"], getmap["WIDTH"], getmap["HEIGHT"], getmap["TIME"]) == (
         "EPSG:3857",

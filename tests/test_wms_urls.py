@@ -139,3 +139,21 @@ def test_an_allowed_host_on_another_scheme_or_port_says_what_is_allowed() -> Non
         policy.check("http://127.0.0.1/wms")
     with pytest.raises(UrlNotAllowed, match="not a configured provider or an allowed host"):
         policy.check("https://other.example/wms")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "sent"),
+    [("image/png", {"TRANSPARENT": "TRUE"}), ("image/jpeg", {"BGCOLOR": "0x000000"})],
+)
+def test_the_servers_background_is_no_data(fmt: str, sent: dict[str, str]) -> None:
+    # Where the layer has no data, a PNG is transparent and a JPEG black: both are no data to
+    # the local metrics (never white "cloud").
+    req = GetMapRequest(layer="l", bbox=(10, 45, 12, 46), width=4, height=2, format=fmt)
+    params = dict(build_target("p", provider("1.3.0"), req).params)
+    assert {k: params[k] for k in sent} == sent
+    assert not {"TRANSPARENT", "BGCOLOR"} - set(sent) & set(params)
+    # A provider's own params win.
+    own = ProviderConfig(
+        url="http://wms.example/wms", default_layer="l", params={"TRANSPARENT": "FALSE"}
+    )
+    assert dict(build_target("p", own, req).params).get("TRANSPARENT", "FALSE") == "FALSE"

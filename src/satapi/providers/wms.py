@@ -55,6 +55,13 @@ MAX_CAPABILITIES_BYTES = 20 * 1024 * 1024
 CAPABILITIES_FAILURE_TTL_S = 60.0
 
 
+# The GetMap parameters that make the server's no-data background no data to satapi.
+NODATA_BACKGROUND: dict[str, tuple[tuple[str, str], ...]] = {
+    "image/png": (("TRANSPARENT", "TRUE"),),
+    "image/jpeg": (("BGCOLOR", "0x000000"),),
+}
+
+
 def wms_bbox(req: GetMapRequest, version: str) -> str:
     """The BBOX value in the axis order the WMS version expects."""
     minx, miny, maxx, maxy = req.bbox
@@ -103,6 +110,12 @@ def build_target(name: str, provider: ProviderConfig, req: GetMapRequest) -> Fet
         params.append(("TIME", req.time))
     reserved = {k for k, _ in params}
     params.extend((k, v) for k, v in provider.params.items() if k.upper() not in reserved)
+    # Where the layer has no data, the server paints its background: made transparent in a
+    # PNG (alpha 0) and black in a JPEG, both of which the local metrics count as no data
+    # rather than as white cloud. A provider's own `params` may say otherwise.
+    given = {k.upper() for k, _ in params}
+    background = NODATA_BACKGROUND.get(req.format, ())
+    params.extend((k, v) for k, v in background if k not in given)
     secrets = tuple((k, v.get_secret_value()) for k, v in provider.secret_params.items())
     return FetchTarget(
         source=name,

@@ -52,12 +52,16 @@ __all__ = [
 
 log = logging.getLogger("satapi.storage")
 
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/tiff": "tif"}
 CHUNK = 64 * 1024
 RECHECK_S = 2.0  # how long a record seen on disk is trusted from memory
 MEMORY_RECORDS = 4096  # records kept in memory, most recently used
 ORPHAN_AGE_S = 300.0  # an image without a record this old is no publish in progress
-MAGIC = {"image/png": (b"\x89PNG\r\n\x1a\n",), "image/jpeg": (b"\xff\xd8\xff",)}
+MAGIC = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/tiff": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),  # TIFF and BigTIFF
+}
 
 
 def bytes_look_like(head: bytes, content_type: str) -> bool:
