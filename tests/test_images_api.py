@@ -302,11 +302,30 @@ async def test_load_shedding_beyond_waiting_limit(
     make_settings: Callable[..., Settings], wms: respx.Router
 ) -> None:
     settings = make_settings(max_concurrent_wms=2, max_waiting=3)
-    upstream = SlowWMS(latency=0.3)
-    wms.get(WMS_URL).mock(side_effect=upstream)
+    gate = asyncio.Event()  # the upstream answers only once the excess has been shed
+    upstream = SlowWMS(latency=0.0)
+
+    async def held(request: httpx.Request) -> httpx.Response:
+        await gate.wait()
+        return await upstream(request)
+
+    wms.get(WMS_URL).mock(side_effect=held)
     async with _app_client(settings, wms=wms) as c:
         bodies = [{**BODY, "bbox": [10, 45, 14, 47 - i * 0.01]} for i in range(10)]
-        results = await asyncio.gather(*(c.post("/api/images", json=b) for b in bodies))
+        tasks = [asyncio.create_task(c.post("/api/images", json=b)) for b in bodies]
+
+        # 2 in flight + 3 waiting; the other 5 are answered 503 at once, however slowly the
+        # requests arrive (a timed upstream made this depend on the machine's load).
+        async def shed() -> None:
+            while sum(t.done() for t in tasks) < 5:
+                await asyncio.sleep(0.01)
+
+        try:
+            await asyncio.wait_for(shed(), 10)  # not shed at all: fails below, not hangs
+        except TimeoutError:
+            pass
+        gate.set()
+        results = await asyncio.gather(*tasks)
         codes = sorted(r.status_code for r in results)
         assert codes.count(200) == 5 and codes.count(503) == 5
         shed = [r for r in results if r.status_code == 503]
