@@ -251,7 +251,8 @@ async def test_claude_request_carries_downscaled_image_then_context_and_prompt(
     sent = fake_anthropic.requests[0]
     assert sent.path == "/v1/messages"
     assert KEY in (sent.headers.get("x-api-key"), sent.headers.get("authorization", "")[7:])
-    assert sent.json["stream"] is True
+    # The JSON route reads no deltas: it asks for one non-streamed reply (no SSE to parse).
+    assert "stream" not in sent.json
     (message,) = sent.json["messages"]
     assert message["role"] == "user"
     image_block, text_block = message["content"]  # the image comes BEFORE the text
@@ -355,10 +356,18 @@ async def test_server_error_is_502_ai_error(
     assert len(fake_anthropic.requests) == 2
 
 
-async def test_mid_stream_overload_in_json_route_is_503(
+async def test_the_json_route_asks_for_one_reply_and_the_stream_route_streams(
     ai_client: httpx.AsyncClient, fake_anthropic: FakeAnthropic
 ) -> None:
+    # A reply that would fail after its first delta when streamed (mid-stream overloads are
+    # tested on the stream route, tests/test_vision_sse.py): the JSON route never streams.
     fake_anthropic.script(Reply(text=["a ", "b ", "c"], error_after=1))
     r = await ai_client.post("/api/vision/analyze_satellite", json={**BODY, "analyzer": "claude"})
-    assert r.status_code == 503, r.text
-    assert r.json()["code"] == "ai_busy"
+    assert r.status_code == 200, r.text
+    assert r.json()["analysis"]["text"] == "a b c"
+    streamed = await ai_client.post(
+        "/api/vision/analyze_satellite_stream",
+        json={**BODY, "analyzer": "claude", "prompt": "another question"},
+    )
+    assert "event: error" in streamed.text and '"code": "ai_busy"' in streamed.text
+    assert [("stream" in req.json) for req in fake_anthropic.requests] == [False, True]

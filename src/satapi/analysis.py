@@ -6,12 +6,13 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from satapi.analyzers.base import (
+    AnalysisEvent,
     AnalysisResult,
     AnalysisTask,
     Analyzer,
@@ -126,8 +127,13 @@ class AnalysisService:
         analyzer: Analyzer,
         images: Sequence[tuple[str, FetchedImage]],
         prompt: str | None,
+        *,
+        streamed: bool = True,
     ) -> AsyncGenerator[TextDelta | Analyzed, None]:
-        """Analyse `images` ((label, image) pairs), yielding text deltas and then `Analyzed`."""
+        """Analyse `images` ((label, image) pairs), yielding text deltas and then `Analyzed`.
+
+        `streamed=False` (nobody reads the deltas) asks an analyzer that has `complete` for its
+        result in one piece."""
         started = time.perf_counter()
         records = [fetched.record for _, fetched in images]
         key = analysis_id(
@@ -166,7 +172,8 @@ class AnalysisService:
         result: AnalysisResult | None = None
         failure: BaseException | None = None
         analysis_started = time.perf_counter()
-        events = analyzer.stream(task)
+        complete = None if streamed else getattr(analyzer, "complete", None)
+        events = analyzer.stream(task) if complete is None else _one(complete(task))
         try:
             async for event in events:
                 if isinstance(event, TextDelta):
@@ -206,7 +213,7 @@ class AnalysisService:
     ) -> Analyzed:
         """Like `stream`, returning only the finished analysis."""
         final: Analyzed | None = None
-        async with aclosing(self.stream(analyzer, images, prompt)) as events:
+        async with aclosing(self.stream(analyzer, images, prompt, streamed=False)) as events:
             async for event in events:
                 if isinstance(event, Analyzed):
                     final = event
@@ -322,6 +329,11 @@ class AnalysisService:
             await self._store.put_bytes(record, data)
             made[name] = record
         return made
+
+
+async def _one(result: Awaitable[AnalysisResult]) -> AsyncIterator[AnalysisEvent]:
+    """An analyzer's `complete` as a stream of its one event."""
+    yield await result
 
 
 def _image_input(

@@ -8,11 +8,11 @@ import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Final, Literal, cast
+from typing import Any, Final, Literal, cast
 
 import anthropic
 import httpx2
-from anthropic.types import ImageBlockParam, MessageParam, TextBlockParam
+from anthropic.types import ImageBlockParam, Message, MessageParam, TextBlockParam
 
 from satapi.analyzers.base import (
     AnalysisEvent,
@@ -159,22 +159,11 @@ class ClaudeAnalyzer:
         Raises `AIBusy`, `AIAuthError` or `AIError` for API failures (also after some deltas),
         `NotAnImage`/`ImageTooLarge` for images that cannot be prepared.
         """
-        if len(task.images) not in (1, 2):
-            raise InvalidRequest(f"an analysis takes one or two images, not {len(task.images)}")
-        prepared = await asyncio.gather(*(self._prepare(image) for image in task.images))
-        message_param: MessageParam = {"role": "user", "content": _user_content(task, prepared)}
+        request = await self._request(task)
         try:
             # The permit covers the API call only (images are prepared before it) and is held
             # until the reply has been read, however slowly the client consumes it.
-            async with (
-                self._permit(),
-                self._client.messages.stream(
-                    model=self._model,
-                    max_tokens=self._max_tokens,
-                    system=system_prompt_for(task),
-                    messages=[message_param],
-                ) as stream,
-            ):
+            async with self._permit(), self._client.messages.stream(**request) as stream:
                 # "text" events come only from `text` blocks, so thinking never leaks out.
                 async for event in stream:
                     if event.type == "text" and event.text:
@@ -182,11 +171,37 @@ class ClaudeAnalyzer:
                 message = await stream.get_final_message()
         except (anthropic.AnthropicError, httpx2.HTTPError) as exc:
             raise map_anthropic_error(exc) from exc
+        yield self._result(message)
 
+    async def complete(self, task: AnalysisTask) -> AnalysisResult:
+        """`stream` for a caller that wants only the result: one non-streamed reply, which
+        spares the SDK's event parsing (~2.5 ms of CPU per call, bench/RESULTS.md)."""
+        request = await self._request(task)
+        try:
+            async with self._permit():
+                message = await self._client.messages.create(**request)
+        except (anthropic.AnthropicError, httpx2.HTTPError) as exc:
+            raise map_anthropic_error(exc) from exc
+        return self._result(message)
+
+    async def _request(self, task: AnalysisTask) -> dict[str, Any]:
+        """The Messages API arguments for `task` (its images prepared off the event loop)."""
+        if len(task.images) not in (1, 2):
+            raise InvalidRequest(f"an analysis takes one or two images, not {len(task.images)}")
+        prepared = await asyncio.gather(*(self._prepare(image) for image in task.images))
+        message_param: MessageParam = {"role": "user", "content": _user_content(task, prepared)}
+        return {
+            "model": self._model,
+            "max_tokens": self._max_tokens,
+            "system": system_prompt_for(task),
+            "messages": [message_param],
+        }
+
+    def _result(self, message: Message) -> AnalysisResult:
         text = "".join(block.text for block in message.content if block.type == "text")
         if not text:
             raise AIError(f"Claude returned no text (stop reason: {message.stop_reason}).")
-        yield AnalysisResult(
+        return AnalysisResult(
             analyzer=self.name,
             model=message.model,
             text=text,
