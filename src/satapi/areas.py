@@ -203,6 +203,13 @@ def check_pixels(bbox: BBox, crs: str, width: int, height: int, limit: int) -> N
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _pixels_inside(region: AreaOfInterest, shape: tuple[int, int], bbox: BBox) -> int:
+    """How many pixels of an image lie inside `region` (remembered: every date of a time series
+    asks for the same count)."""
+    return int(np.count_nonzero(region.mask(shape, bbox)))
+
+
 def _round_up(value: float) -> float:
     """`value` rounded up to two significant digits."""
     if value <= 0:
@@ -363,7 +370,7 @@ def area_info(
     worker thread)."""
     if region is not None:
         km2 = region.area_km2
-        pixels = int(np.count_nonzero(region.mask((height, width), bbox)))
+        pixels = _pixels_inside(region, (height, width), bbox)
     else:
         west, south, east, north = lonlat_bbox(bbox, crs)
         area, _ = geod().geometry_area_perimeter(shapely.box(west, south, east, north))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,7 +31,7 @@ class DataWindow:
         return self.left <= 0 and self.top <= 0 and self.right >= 1 and self.bottom >= 1
 
 
-class AreaOfInterest(Protocol):
+class AreaOfInterest(Hashable, Protocol):
     """The polygon of an area request (`satapi.areas.Region`): which pixels lie inside it."""
 
     @property
