@@ -238,6 +238,8 @@ class ImageService:
         """The stored image for `target`: a cache hit, a shared download, or a new download.
 
         `data_window` (from `check`) is carried on the result for the analyzers and answers.
+        An image larger than its provider serves at once, or a GeoTIFF, is fetched as tiles and
+        stitched (`plan`); an area request's polygon, figures and tiles come with the result.
         If every caller waiting for a download is cancelled, the download is cancelled too.
         """
         planned = await self.plan(target)
