@@ -523,7 +523,7 @@ class RedisCoordinator:
                 self.listening = False
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
