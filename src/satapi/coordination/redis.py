@@ -80,9 +80,9 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry  # the async one: redis 8.2 warns about the other
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 import satapi.coordination.redis_scripts as redis_scripts
 from satapi.errors import BackendUnavailable, Overloaded, SatapiError
