@@ -293,3 +293,42 @@ def test_a_stitched_image_measured_tile_by_tile_equals_it_measured_whole() -> No
     tiled = ImageInput(**common, data_window=window, parts=tuple(parts), size=(500, 300))
     assert len(parts) == 12
     assert _analyse_parts(tiled, 10**8) == _analyse_one(one, 10**8)
+
+
+async def test_a_failing_tile_fails_its_time_series_point_only(
+    make_settings: Any, wms: respx.Router
+) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        params = request.url.params
+        if params.get("TIME") == "2024-06-01" and params["BBOX"].startswith("45.5,"):
+            return httpx.Response(503, text="down")
+        width, height = int(params["WIDTH"]), int(params["HEIGHT"])
+        return httpx.Response(
+            200, content=_png(width, height, (34, 139, 34)), headers={"content-type": "image/png"}
+        )
+
+    wms.get(url__startswith=WMS_URL, params__contains={"REQUEST": "GetMap"}).mock(
+        side_effect=answer
+    )
+    settings = make_settings(
+        providers={"test": {"url": WMS_URL, "default_layer": "scene", "max_size": 200}},
+        retry_attempts=1,
+    )
+    from tests.test_images_api import _app_client
+
+    async with _app_client(settings, wms) as client:
+        r = await client.post(
+            "/api/timeseries",
+            json={
+                "bbox": [10, 45, 11, 46],
+                "width": 400,
+                "height": 400,
+                "times": ["2024-01-01", "2024-06-01"],
+            },
+        )
+    assert r.status_code == 200, r.text
+    series = r.json()
+    assert series["partial"] is True
+    ok, failed = series["points"]
+    assert ok["metrics"]["vegetation_fraction"] == 1.0 and ok["image"]["area"]["tiles"] == 4
+    assert failed["code"] == "upstream_error" and "of 4 (columns" in failed["error"]
