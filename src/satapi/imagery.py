@@ -163,20 +163,22 @@ class ImageService:
         """The largest width and height provider `name` serves in one request: its `max_size`
         (2500 for the Process API) and its capabilities' MaxWidth/MaxHeight, the smaller."""
         config = self.client.provider(name)
-        limits = [config.tile_limit]
+        widths: list[int | None] = [config.tile_limit]
+        heights: list[int | None] = [config.tile_limit]
         if config.kind == "wms":
             try:
                 layers = await self.client.layers(name)
             except SatapiError:  # the layer check logs it; no MaxWidth to go by
                 layers = []
             if layers:  # MaxWidth/MaxHeight belong to the service: every layer has them
-                limits += [layers[0].max_width, layers[0].max_height]
-        widths = [v for v in (limits[0], *limits[1:2]) if v is not None]
-        heights = [v for v in (limits[0], *limits[2:3]) if v is not None]
-        if not widths and not heights:
+                widths.append(layers[0].max_width)
+                heights.append(layers[0].max_height)
+        known_widths = [v for v in widths if v is not None]
+        known_heights = [v for v in heights if v is not None]
+        if not known_widths and not known_heights:
             return None
         unlimited = self.max_area_pixels  # no limit on that side
-        return (min(widths, default=unlimited), min(heights, default=unlimited))
+        return (min(known_widths, default=unlimited), min(known_heights, default=unlimited))
 
     async def plan(self, target: FetchTarget) -> FetchTarget:
         """`target`, or the `MosaicTarget` of its tiles when it is larger than its provider

@@ -6,16 +6,12 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import numpy as np
-
 from satapi.analyzers import pixels
 from satapi.analyzers.base import (
     AnalysisEvent,
     AnalysisResult,
     AnalysisTask,
-    DataWindow,
     ImageInput,
-    ImagePart,
     TextDelta,
 )
 from satapi.cpu import CpuRunner
@@ -87,21 +83,19 @@ def _analyse_parts(image: ImageInput, max_pixels: int) -> tuple[dict[str, Any], 
         mask = region
         window = image.data_window
         if window is not None and not window.is_whole:
-            inside = _part_window(part, whole_width, whole_height, window)
+            inside = pixels.window_mask(
+                shape,
+                window.left,
+                window.top,
+                window.right,
+                window.bottom,
+                offset=(part.x, part.y),
+                whole=(whole_width, whole_height),
+            )
             mask = inside if mask is None else mask & inside
         counts.add(decoded, mask, region)
     metrics = counts.metrics()
     return metrics, pixels.summarize(metrics, "frame" if image.region is None else "area")
-
-
-def _part_window(part: ImagePart, width: int, height: int, window: DataWindow) -> pixels.ValidMask:
-    """The data window of the whole image (fractions), on one tile's pixels."""
-    cols = (part.x + np.arange(part.width) + 0.5) / width
-    rows = (part.y + np.arange(part.height) + 0.5) / height
-    inside_cols = (cols >= window.left) & (cols <= window.right)
-    inside_rows = (rows >= window.top) & (rows <= window.bottom)
-    mask: pixels.ValidMask = np.logical_and.outer(inside_rows, inside_cols)
-    return mask
 
 
 def _analyse_pair(

@@ -468,13 +468,24 @@ def apply_valid(image: NDArray[np.uint8], valid: ValidMask | None) -> NDArray[np
 
 
 def window_mask(
-    shape: tuple[int, int], left: float, top: float, right: float, bottom: float
+    shape: tuple[int, int],
+    left: float,
+    top: float,
+    right: float,
+    bottom: float,
+    *,
+    offset: tuple[int, int] = (0, 0),
+    whole: tuple[int, int] | None = None,
 ) -> ValidMask:
     """An (H, W) mask that is True for the pixels whose centres lie inside a window given as
-    fractions (0-1) of the image's width and height from its top-left corner."""
+    fractions (0-1) of the image's width and height from its top-left corner.
+
+    For one piece of a larger image (a tile), `offset` is the piece's (x, y) in the whole
+    image and `whole` the whole image's (width, height); the window is the whole image's."""
     height, width = shape
-    cols = (np.arange(width) + 0.5) / width
-    rows = (np.arange(height) + 0.5) / height
+    whole_width, whole_height = whole if whole is not None else (width, height)
+    cols = (offset[0] + np.arange(width) + 0.5) / whole_width
+    rows = (offset[1] + np.arange(height) + 0.5) / whole_height
     inside_cols = (cols >= left) & (cols <= right)
     inside_rows = (rows >= top) & (rows <= bottom)
     return np.logical_and.outer(inside_rows, inside_cols)
