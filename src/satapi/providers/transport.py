@@ -20,6 +20,7 @@ keep-alive count: up to `max_connections` connections, idle ones closed after 5 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import ssl
 from collections.abc import AsyncIterator
@@ -36,6 +37,13 @@ KEEPALIVE_EXPIRY_S = 5.0  # httpx2.Limits()'s default
 # Its default, 64 KiB, took bench scenario 5 (100 concurrent 4096² PNGs) from 146-156 MB peak
 # RSS with httpcore2 to 221-238 MB; 16 KiB: 166 MB, at the same CPU.
 READ_BUFSIZE = 16 * 1024
+
+
+@functools.cache
+def default_tls() -> ssl.SSLContext:
+    """The default TLS settings (certifi's CA bundle), made once per process: loading the bundle
+    costs ~30 ms of CPU, and one context serves every client and thread."""
+    return httpx2.create_ssl_context(trust_env=False)
 
 
 class AiohttpTransport(httpx2.AsyncBaseTransport):
@@ -55,7 +63,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
     ) -> None:
         self._limit = max_connections
         self._guard = guard
-        self._tls = verify if verify is not None else httpx2.create_ssl_context(trust_env=False)
+        self._tls = verify if verify is not None else default_tls()
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
