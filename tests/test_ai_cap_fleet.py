@@ -190,8 +190,10 @@ async def test_slot_limiter_counts_sheds_and_gives_back_cancelled_places(
             assert waited < 1
             assert (a.stats().in_flight, a.stats().max_in_flight) == (1, 1)
             waiter = asyncio.create_task(_enter(b))
+            # Until B's place in the queue is in Redis (not only in B's own count): before
+            # that, A's second caller could take the one waiting place and wait on A itself.
             for _ in range(500):
-                if b.stats().waiting == 1 or waiter.done():
+                if _fleet_waiting(redis_server, "ai") == 1 or waiter.done():
                     break
                 await asyncio.sleep(0.01)
             assert not waiter.done(), waiter.exception()
@@ -221,6 +223,12 @@ async def test_slot_limiter_counts_sheds_and_gives_back_cancelled_places(
     finally:
         await coord_a.close()
         await coord_b.close()
+
+
+def _fleet_waiting(redis_server: RedisServer, name: str) -> int:
+    """The fleet's waiting count for semaphore `name`, as Redis holds it (per process)."""
+    reply = redis_server.command("HVALS", "{satapi}:semw:" + name).decode()
+    return sum(int(line) for line in reply.split("\r\n")[2::2] if line.isdigit())
 
 
 async def _enter(limiter: RedisSlotLimiter) -> None:
