@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.fault_upstream import FaultUpstream, SatapiProcess
 from tests.support.job_processes import WebhookReceiver, WorkerProcess, comparable, job_record
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, require_redis
 
 SECRET = "whsec-test"
 BASE: dict[str, Any] = {"bbox": [10.0, 45.0, 14.0, 47.0], "width": 64, "height": 32}
@@ -55,6 +55,7 @@ class Fleet:
         self.tmp = tmp
         self.api = SatapiProcess(self._dir("api"), self.settings)
         self.workers: list[WorkerProcess] = []
+        self._started = 0
 
     def _dir(self, name: str) -> Path:
         path = self.tmp / name
@@ -62,10 +63,21 @@ class Fleet:
         return path
 
     def add_worker(self) -> WorkerProcess:
-        """Start one more worker."""
-        worker = WorkerProcess(self._dir(f"worker{len(self.workers)}"), self.settings)
+        """Start one more worker (in a directory of its own: its log is its readiness)."""
+        worker = WorkerProcess(self._dir(f"worker{self._started}"), self.settings)
+        self._started += 1
         self.workers.append(worker.start())
         return worker
+
+    def ready_for_a_test(self) -> Fleet:
+        """Two live workers (a killed or stopped one replaced), the upstream's counters and the
+        webhook receiver's record empty, the receiver's first attempt answered 500."""
+        self.workers = [w for w in self.workers if w.alive()]
+        while len(self.workers) < 2:
+            self.add_worker()
+        self.upstream.reset()
+        self.hook.reset(fail_first=1)
+        return self
 
     def stop(self) -> None:
         for proc in [*self.workers, self.api]:
@@ -73,17 +85,27 @@ class Fleet:
                 proc.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """One fleet for the module (starting one is three satapi processes); each test uses its
+    own layer (its own latency), so no test finds another's images stored."""
+    require_redis()
+    redis = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        with FaultUpstream() as upstream, WebhookReceiver() as hook:
+            fleet = Fleet(tmp_path_factory.mktemp("fleet"), redis, upstream, hook)
+            try:
+                fleet.api.start()
+                yield fleet
+            finally:
+                fleet.stop()
+    finally:
+        redis.stop()
+
+
 @pytest.fixture
-def fleet(tmp_path: Path, redis_server: RedisServer) -> Iterator[Fleet]:
-    with FaultUpstream() as upstream, WebhookReceiver(fail_first=1) as hook:
-        fleet = Fleet(tmp_path, redis_server, upstream, hook)
-        try:
-            fleet.api.start()
-            fleet.add_worker()
-            fleet.add_worker()
-            yield fleet
-        finally:
-            fleet.stop()
+def fleet(shared_fleet: Fleet) -> Fleet:
+    return shared_fleet.ready_for_a_test()
 
 
 def post_job(fleet: Fleet, params: dict[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,7 @@ class WebhookReceiver:
         self.calls: list[tuple[dict[str, str], bytes]] = []
         self.fail_first = fail_first
         self.attempts = 0
-        lock = threading.Lock()
+        self._lock = lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -62,6 +62,13 @@ class WebhookReceiver:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def reset(self, *, fail_first: int = 0) -> None:
+        """Forget what was received; the next `fail_first` requests are answered 500."""
+        with self._lock:
+            self.calls.clear()
+            self.attempts = 0
+            self.fail_first = fail_first
 
     @property
     def url(self) -> str:
