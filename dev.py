@@ -37,9 +37,9 @@ def _ensure_env(extras: str) -> None:
     stamp.write_text(digest)
 
 
-def _run(cmd: list[str | Path]) -> int:
+def _run(cmd: list[str | Path], env: dict[str, str] | None = None) -> int:
     print("dev.py: $ " + " ".join(str(c) for c in cmd), flush=True)
-    return subprocess.run(cmd, cwd=ROOT).returncode
+    return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 
 
 def test(args: list[str]) -> int:
@@ -52,9 +52,14 @@ def test(args: list[str]) -> int:
     ):
         if code := _run(step):
             return code
-    # One pytest worker per core (pytest-xdist): the suite is mostly servers and subprocesses
-    # waiting, so it takes about half the time on two cores. `-n 0` runs it in one process.
-    return _run([BIN / "pytest", "-n", "auto", *args])
+    # Two pytest workers per core (pytest-xdist): much of the suite is servers and subprocesses
+    # waiting on real timeouts, which overlap. tests/conftest.py keeps the tests that share a
+    # module's server on one worker and starts the long ones first. `-n 0`: one process.
+    workers = 2 * (os.cpu_count() or 1)
+    # Test processes cache their bytecode: with PYTHONDONTWRITEBYTECODE set, every pytest worker
+    # and every server a test starts compiles (and rewrites) its modules again, ~5 s a worker.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return _run([BIN / "pytest", "-n", str(workers), *args], env=env)
 
 
 def serve(args: list[str]) -> int:

@@ -30,6 +30,72 @@ pytest_plugins = [
 
 WMS_URL = "http://wms.test/wms"
 
+# How `python3 dev.py test` spreads the suite over pytest-xdist workers (`-n`).
+# Each module here starts a server in a module-scoped fixture that its tests share: its tests
+# go to one worker as one unit, so the server starts once, not once per worker.
+SHARED_SERVER_MODULES = frozenset(
+    {
+        "test_bench_smoke",
+        "test_cli_client",
+        "test_client",
+        "test_contract_fuzz",
+        "test_docs_browser",
+        "test_docs_examples",
+        "test_fault_matrix",
+        "test_jobs_workers",
+        "test_mapserver_areas",
+        "test_security",
+        "test_ssrf_dns",
+        "test_tiles",
+        "test_viewer_browser",
+        "test_vision_sse",
+    }
+)
+# Modules whose tests wait on real processes and real timeouts (seconds each), longest first:
+# they are handed out first, so that no worker is still busy with one when the rest are done.
+LONG_MODULES = (
+    "test_bench_smoke",
+    "test_jobs_workers",
+    "test_contract_fuzz",
+    "test_scale_out_redis",
+    "test_shutdown",
+    "test_soak_smoke",
+    "test_fault_matrix",
+    "test_crash_recovery",
+    "test_sentinelhub",
+    "test_docs_examples",
+    "test_docs_browser",
+    "test_redis_coordination",
+    "test_viewer_browser",
+    "test_ai_cap_fleet",
+    "test_s3_store",
+    "test_security",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long modules first (see above); the rest keep their order."""
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under `--dist load` (the default with `-n`): each test is a unit of work, except that
+    the tests of a shared-server module are one unit. (`xdist_group` marks would say the same,
+    but `--dist loadgroup` does not group under pytest 9.2: pytest-xdist issue 1386.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # keep the order above
+
+    class SharedServerModules(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if Path(path).stem in SHARED_SERVER_MODULES else nodeid
+
+    return SharedServerModules(config, log)
+
 
 def png_bytes(width: int, height: int, color: tuple[int, ...] = (34, 139, 34)) -> bytes:
     """A solid PNG of the given size."""
