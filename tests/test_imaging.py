@@ -166,10 +166,12 @@ def fix_crcs(png: bytes) -> bytes:
 
 
 class Verifier:
-    """Runs verify_image on bytes (through one temporary file) and Pillow's full decode."""
+    """Runs verify_image on bytes (through one temporary file, or from memory as a download
+    held in memory is checked) and Pillow's full decode."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, in_memory: bool = False) -> None:
         self.path = path
+        self.in_memory = in_memory
 
     def __call__(
         self,
@@ -178,7 +180,8 @@ class Verifier:
         max_pixels: int = MAX_PIXELS,
     ) -> ImageInfo:
         self.path.write_bytes(data)
-        return verify_image(self.path, expected_size=expected_size, max_pixels=max_pixels)
+        source = data if self.in_memory else self.path
+        return verify_image(source, expected_size=expected_size, max_pixels=max_pixels)
 
     def accepts(self, data: bytes) -> bool:
         try:
@@ -203,9 +206,9 @@ def pillow_accepts(data: bytes) -> bool:
     return True
 
 
-@pytest.fixture
-def verify(tmp_path: Path) -> Verifier:
-    return Verifier(tmp_path / "image.bin")
+@pytest.fixture(params=["file", "memory"])
+def verify(tmp_path: Path, request: pytest.FixtureRequest) -> Verifier:
+    return Verifier(tmp_path / "image.bin", in_memory=request.param == "memory")
 
 
 # --- valid PNGs --------------------------------------------------------------------------------

@@ -473,9 +473,10 @@ class ImageService:
                 stats=stats,
             )
             await writer.finish()
+            held = writer.held  # a small image is checked (and then written) from memory
             info = await self._cpu.run(
                 verify_image,
-                writer.temp_path,
+                writer.temp_path if held is None else held,
                 expected_size=target.expected_size,
                 max_pixels=self.max_px * self.max_px,
             )

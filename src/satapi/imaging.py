@@ -58,23 +58,24 @@ class ImageInfo:
 
 
 def verify_image(
-    path: Path,
+    source: Path | bytes,
     *,
     expected_size: tuple[int, int] | None,
     max_pixels: int,
 ) -> ImageInfo:
-    """Raise `NotAnImage` unless the file at `path` is a whole PNG/JPEG (of `expected_size`).
+    """Raise `NotAnImage` unless `source` (a file, or the bytes themselves) is a whole PNG/JPEG
+    (of `expected_size`).
 
     The format is decided from the bytes, not from any header the server sent. The pixel count
     is checked from the image header before any image data is inflated or decoded, so a
     decompression bomb costs nothing.
     """
-    with path.open("rb") as f:
+    with _open(source) as f:
         is_png = f.read(len(_PNG_SIGNATURE)) == _PNG_SIGNATURE
         if is_png:
             width, height = _verify_png(f, max_pixels)
     if not is_png:
-        width, height = _verify_jpeg(path, max_pixels)
+        width, height = _verify_jpeg(source, max_pixels)
     fmt = "PNG" if is_png else "JPEG"
     if expected_size is not None and (width, height) != expected_size:
         raise NotAnImage(
@@ -92,6 +93,11 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 # --- shared ------------------------------------------------------------------------------------
+
+
+def _open(source: Path | bytes) -> BinaryIO:
+    """The image's bytes as a binary file: the file itself, or a view of the bytes in memory."""
+    return source.open("rb") if isinstance(source, Path) else io.BytesIO(source)
 
 
 def _corrupt(reason: str) -> NotAnImage:
@@ -290,10 +296,11 @@ class _ImageData:
 # --- JPEG (and everything else) ----------------------------------------------------------------
 
 
-def _verify_jpeg(path: Path, max_pixels: int) -> tuple[int, int]:
+def _verify_jpeg(source: Path | bytes, max_pixels: int) -> tuple[int, int]:
     """Decode a JPEG at 1/8 scale; reject any other format Pillow identifies (or doesn't)."""
     try:
-        with warnings.catch_warnings(), _EofWatch(io.FileIO(path)) as f:
+        raw = io.FileIO(source) if isinstance(source, Path) else io.BytesIO(source)
+        with warnings.catch_warnings(), _EofWatch(raw) as f:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(f) as im:
                 fmt = im.format or ""
