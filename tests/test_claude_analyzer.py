@@ -610,3 +610,54 @@ print(asyncio.run(main("sk-test")), "anthropic" in sys.modules)
         check=True,
     )
     assert done.stdout.splitlines() == ["False False", "True True"]
+
+
+def test_json_body_splices_the_images_into_the_same_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    from satapi.analyzers import claude
+
+    encoded: list[str] = []  # what went through the JSON encoder
+    real = claude._JSON
+
+    class Spy:
+        def encode(self, obj: object) -> str:
+            encoded.append(real.encode(obj))
+            return encoded[-1]
+
+    monkeypatch.setattr(claude, "_JSON", Spy())
+
+    def image(data: bytes) -> dict[str, object]:
+        b64 = base64.b64encode(data).decode()
+        return {
+            "type": "image",
+            "source": {"type": "base64", "media_type": "image/png", "data": b64},
+        }
+
+    one, two = image(bytes(range(256)) * 50), image(b"\x89PNG other")
+    text = {"type": "text", "text": 'What is in it? «ünïcode» "quoted" \\ \x00'}
+    cases = [
+        ([one, text], "system", True),
+        (
+            [{"type": "text", "text": "Before"}, one, {"type": "text", "text": "After"}, two],
+            "s",
+            True,
+        ),
+        # A marker elsewhere: encoded whole, the same JSON all the same.
+        ([one, {"type": "text", "text": "\x00image:0"}], "system", False),
+        ([one, two, {"type": "text", "text": "\x00image:1"}], "system", False),
+        ([one, text], "\x00image:0", False),
+        ("text only", "system", True),
+    ]
+    for content, system, spliced in cases:
+        request = {
+            "model": "m",
+            "max_tokens": 100,
+            "system": system,
+            "messages": [{"role": "user", "content": content}],
+        }
+        encoded.clear()
+        body = claude.json_body(request)
+        assert json.loads(body) == request
+        assert body.decode() == json.dumps(request, ensure_ascii=False, separators=(",", ":"))
+        assert len(encoded) == (1 if spliced else 2), content
+        if spliced and not isinstance(content, str):
+            assert one["source"]["data"] not in encoded[0]  # type: ignore[index]

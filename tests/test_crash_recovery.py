@@ -28,7 +28,7 @@ from PIL import Image
 from tests.support.fault_upstream import FaultUpstream, SatapiProcess, png
 
 SLOW_S = 8.0
-SIDE = 512  # noisy 512 x 512 PNGs are ~790 KB: several 256 KiB writes each
+SIDE = 768  # noisy 768 x 768 PNGs are ~1.8 MB: past the writer's MEMORY_SPOOL, several writes each
 
 
 @pytest.fixture(scope="module")

@@ -395,3 +395,31 @@ async def test_image_removed_behind_the_service_back_is_404_then_fetched_again(
     again = (await client.post("/api/images", json=BODY)).json()["image"]
     assert upstream.calls == 2 and again["cached"] is False
     assert (await client.get(again["url"])).content == png_bytes(64, 32)
+
+
+@pytest.mark.parametrize(("png_check", "status"), [("crc", 200), ("inflate", 502)])
+async def test_png_check_inflate_also_refuses_a_broken_zlib_stream_under_right_crcs(
+    make_settings: Callable[..., Settings], wms: respx.Router, png_check: str, status: int
+) -> None:
+    # A server bug, not damage on the way (that fails a CRC): the image data inflates to less
+    # than the header says. The default check (structure and CRCs) stores the PNG as sent.
+    import struct
+    import zlib
+
+    good = png_bytes(64, 32)
+    ihdr_end = 8 + 8 + 13 + 4
+    raw = zlib.decompress(good[ihdr_end + 8 : good.index(b"IEND") - 8])
+    body = zlib.compress(raw[:-1])
+    idat = struct.pack(">I", len(body)) + b"IDAT" + body
+    idat += struct.pack(">I", zlib.crc32(b"IDAT" + body))
+    iend = good[good.index(b"IEND") - 4 :]
+    broken = good[:ihdr_end] + idat + iend
+    wms.get(WMS_URL).mock(
+        return_value=httpx.Response(200, content=broken, headers={"content-type": "image/png"})
+    )
+    async with _app_client(make_settings(png_check=png_check), wms=wms) as c:
+        r = await c.post("/api/images", json=BODY)
+    assert r.status_code == status, r.text
+    if status == 502:
+        assert r.json()["code"] == "not_an_image"
+        assert "image data ends early" in r.json()["error"]

@@ -166,10 +166,15 @@ def fix_crcs(png: bytes) -> bytes:
 
 
 class Verifier:
-    """Runs verify_image on bytes (through one temporary file) and Pillow's full decode."""
+    """Runs verify_image on bytes (through one temporary file, or from memory as a download
+    held in memory is checked) and Pillow's full decode. `inflate`: the full check
+    (`png_check = "inflate"`), which most tests here hold to Pillow; the default check (CRCs
+    and structure, no inflate) has its own tests below."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, in_memory: bool = False, inflate: bool = True) -> None:
         self.path = path
+        self.in_memory = in_memory
+        self.inflate = inflate
 
     def __call__(
         self,
@@ -178,7 +183,10 @@ class Verifier:
         max_pixels: int = MAX_PIXELS,
     ) -> ImageInfo:
         self.path.write_bytes(data)
-        return verify_image(self.path, expected_size=expected_size, max_pixels=max_pixels)
+        source = data if self.in_memory else self.path
+        return verify_image(
+            source, expected_size=expected_size, max_pixels=max_pixels, inflate=self.inflate
+        )
 
     def accepts(self, data: bytes) -> bool:
         try:
@@ -203,9 +211,9 @@ def pillow_accepts(data: bytes) -> bool:
     return True
 
 
-@pytest.fixture
-def verify(tmp_path: Path) -> Verifier:
-    return Verifier(tmp_path / "image.bin")
+@pytest.fixture(params=["file", "memory"])
+def verify(tmp_path: Path, request: pytest.FixtureRequest) -> Verifier:
+    return Verifier(tmp_path / "image.bin", in_memory=request.param == "memory")
 
 
 # --- valid PNGs --------------------------------------------------------------------------------
@@ -626,6 +634,74 @@ def test_fault_upstreams_corrupt_png_is_rejected(verify: Verifier) -> None:
     assert not pillow_accepts(bytes(data))
 
 
+# --- the default check: structure and CRCs, no inflate ------------------------------------------
+
+
+@pytest.fixture(params=["file", "memory"])
+def crc_verify(tmp_path: Path, request: pytest.FixtureRequest) -> Verifier:
+    return Verifier(tmp_path / "image.bin", in_memory=request.param == "memory", inflate=False)
+
+
+def test_default_check_accepts_valid_pngs(crc_verify: Verifier) -> None:
+    for mode, params in PILLOW_CASES:
+        data = pillow_png(noise(13, 7, mode=mode), **params)
+        assert crc_verify(data, expected_size=(13, 7)) == ImageInfo(13, 7, "image/png")
+    for colour, depth in COLOUR_DEPTHS:
+        for interlace in (0, 1):
+            crc_verify(build_png(17, 11, depth, colour, interlace), expected_size=(17, 11))
+    crc_verify(build_png(31, 17, idat_size=7, seed=3), expected_size=(31, 17))
+    crc_verify(build_png(8, 8) + b"\0garbage after the end", expected_size=(8, 8))
+
+
+def test_default_check_refuses_every_truncation_and_every_flipped_bit(
+    crc_verify: Verifier, small_png: bytes
+) -> None:
+    # What goes wrong on the way: a cut anywhere leaves a chunk or IEND missing, and a bit
+    # flipped anywhere after the signature fails a CRC (or the structure, in a length field).
+    for cut in range(len(small_png)):
+        assert not crc_verify.accepts(small_png[:cut]), cut
+    for bit in range(8 * 8, 8 * len(small_png), 3):
+        assert not crc_verify.accepts(flipped(small_png, bit)), bit
+    big = build_png(200, 200)  # its IDAT is read in pieces
+    start, end = idat_span(big)
+    for at in (start + 10, start + 70_000, end - 5):
+        assert crc_verify.rejection(flipped(big, at * 8)).endswith("(bad CRC in IDAT chunk).")
+    assert crc_verify.rejection(big[: start + 70_000]).endswith(
+        "(it ends in the middle of a chunk)."
+    )
+
+
+def test_default_check_refuses_structure_errors_and_garbage(crc_verify: Verifier) -> None:
+    for reason, data, _pillow in structure_cases():
+        assert crc_verify.rejection(data).endswith(f"({reason})."), reason
+    data = bytearray(pillow_png(noise(64, 64, seed=5)))  # the fault upstream's `corrupt`
+    third = len(data) // 3
+    data[third : 2 * third] = b"\xde\xad\xbe\xef" * (third // 4) + b"\x00" * (third % 4)
+    assert "truncated or corrupt" in crc_verify.rejection(bytes(data))
+    with pytest.raises(NotAnImage, match=r"declares 100000x100000 pixels"):
+        crc_verify(SIGNATURE + ihdr(100_000, 100_000, 8, 6) + build_png(1, 1, 8, 6)[33:])
+
+
+def test_only_the_inflate_check_refuses_a_broken_zlib_stream_under_right_crcs(
+    crc_verify: Verifier, verify: Verifier
+) -> None:
+    # Deliberate: damage on the way cannot recompute a CRC, so these come only from a server
+    # that encoded its PNG wrongly. The default check accepts them (an analyzer that decodes
+    # the image refuses it then); `png_check = "inflate"` refuses them at download.
+    raw = scanlines(20, 10, 8, 2)
+    compressor = zlib.compressobj()
+    unfinished = compressor.compress(raw) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    broken = [
+        build_png(20, 10, raw=raw[:-1]),  # the image data ends early
+        build_png(20, 10, raw=raw + b"\0"),  # more image data than the header says
+        build_png(20, 10, compressed=unfinished),  # the zlib stream does not end
+        fix_crcs(flipped(build_png(20, 10), idat_span(build_png(20, 10))[0] * 8 + 80)),
+    ]
+    for data in broken:
+        assert crc_verify(data, expected_size=(20, 10)).width == 20
+        assert "truncated or corrupt" in verify.rejection(data)
+
+
 # --- sizes and bombs ---------------------------------------------------------------------------
 
 
@@ -682,7 +758,7 @@ def test_zlib_bomb_is_cut_off_early_in_bounded_memory(verify: Verifier) -> None:
     tracemalloc.start()
     started = time.process_time()
     with pytest.raises(NotAnImage, match="more image data than its header says"):
-        verify_image(verify.path, expected_size=None, max_pixels=MAX_PIXELS)
+        verify_image(verify.path, expected_size=None, max_pixels=MAX_PIXELS, inflate=True)
     cpu = time.process_time() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -731,12 +807,15 @@ def test_big_png_is_verified_in_bounded_memory_without_pillow(
 
     monkeypatch.setattr(Image, "open", forbidden)
     monkeypatch.setattr(ImageFile.ImageFile, "load", forbidden)
-    tracemalloc.start()
-    info = verify_image(big_png, expected_size=(4096, 4096), max_pixels=MAX_PIXELS)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    assert info == ImageInfo(4096, 4096, "image/png")
-    assert peak < 4 * 1024 * 1024, peak
+    for inflate in (True, False):
+        tracemalloc.start()
+        info = verify_image(
+            big_png, expected_size=(4096, 4096), max_pixels=MAX_PIXELS, inflate=inflate
+        )
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert info == ImageInfo(4096, 4096, "image/png")
+        assert peak < 4 * 1024 * 1024, (inflate, peak)
 
 
 # --- JPEG and other formats --------------------------------------------------------------------

@@ -120,32 +120,74 @@ async def test_start_up_removes_dead_processes_temp_files(tmp_path: Path, where:
     assert not dead.exists()
 
 
-async def test_writer_gathers_chunks_and_keeps_them_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_writer_holds_a_small_download_in_memory_and_writes_it_at_commit(
+    tmp_path: Path,
 ) -> None:
-    # Each aiofiles write is a thread hop: network-sized chunks are gathered into pieces of
-    # WRITE_BUFFER bytes, and the file still holds every byte in order, retries included.
+    # Each aiofiles call is a thread hop: a download of up to MEMORY_SPOOL bytes makes none
+    # before the commit, which writes, records and renames it in one hop; retries included.
     import satapi.stores.local as storage
 
     store = LocalImageStore(tmp_path, max_bytes=10**8)
     await store.start()
-    writes: list[int] = []
     try:
-        writer = await store.open_writer(f"{7:064x}")
-        real_write = writer._file.write  # type: ignore[attr-defined]
+        writer = await store.open_writer(f"{6:064x}")
+        await writer.write(b"z" * 1000)
+        await writer.reset()  # a retry starts over
+        body = bytes(range(256)) * (storage.MEMORY_SPOOL // 256)  # exactly MEMORY_SPOOL bytes
+        for i in range(0, len(body), 16384):
+            await writer.write(body[i : i + 16384])
+        assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing on disk yet
+        await writer.finish()
+        assert writer.held == body
+        await writer.commit(record(6, len(body)))
+        got = await store.get(f"{6:064x}")
+        assert got is not None and await store.read_bytes(got) == body
+        assert not [p for p in tmp_path.rglob(f"{TEMP_PREFIX}*")]
+        # Aborted before its commit: nothing was ever on disk, nothing is left.
+        writer = await store.open_writer(f"{8:064x}")
+        await writer.write(b"x" * 100)
+        await writer.abort()
+        assert not [p for p in tmp_path.rglob(f"{TEMP_PREFIX}*")]
+    finally:
+        await store.close()
+
+
+async def test_writer_spills_a_big_download_in_big_pieces_and_keeps_it_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Beyond MEMORY_SPOOL the download goes to its temp file: what was held in one write, then
+    # network-sized chunks gathered into pieces of WRITE_BUFFER bytes; every byte in order.
+    import satapi.stores.local as storage
+    from satapi.stores.spool import SpoolWriter
+
+    store = LocalImageStore(tmp_path, max_bytes=10**8)
+    await store.start()
+    writes: list[int] = []
+    real_open = SpoolWriter._open_file
+
+    async def counting_open(self: SpoolWriter) -> None:
+        await real_open(self)
+        real_write = self._file.write
 
         async def counting_write(data: bytes) -> int:
             writes.append(len(data))
             return int(await real_write(data))
 
-        writer._file.write = counting_write  # type: ignore[attr-defined]
-        await writer.write(b"z" * 1000)
-        await writer.reset()  # a retry starts over
-        body = bytes(range(256)) * 4096  # 1 MiB in 16 KiB chunks
+        self._file.write = counting_write
+
+    monkeypatch.setattr(SpoolWriter, "_open_file", counting_open)
+    try:
+        writer = await store.open_writer(f"{7:064x}")
+        body = bytes(range(256)) * 4096 * 3  # 3 MiB in 16 KiB chunks
         for i in range(0, len(body), 16384):
             await writer.write(body[i : i + 16384])
         await writer.commit(record(7, len(body)))
-        assert writes == [storage.WRITE_BUFFER] * (len(body) // storage.WRITE_BUFFER)
+        first = storage.MEMORY_SPOOL + 16384  # what was held, and the chunk that spilled it
+        rest = len(body) - first
+        assert writes == [first] + [storage.WRITE_BUFFER] * (rest // storage.WRITE_BUFFER) + [
+            rest % storage.WRITE_BUFFER
+        ]
+        assert writer.held is None
         got = await store.get(f"{7:064x}")
         assert got is not None and await store.read_bytes(got) == body
         assert not [p for p in tmp_path.rglob(f"{TEMP_PREFIX}*")]

@@ -185,6 +185,7 @@ async def open_resources(
         default_provider=settings.default_provider,
         max_px=settings.max_image_px,
         cache_ttl_s=settings.cache_ttl_s,
+        inflate_png=settings.png_check == "inflate",
         observer=observer,
         fleet=flights,
         max_area_pixels=settings.max_area_pixels,

@@ -294,6 +294,10 @@ class Settings(BaseSettings):
     wms_total_timeout_s: float = Field(default=120.0, gt=0)
     max_image_px: int = Field(default=4096, ge=16, le=16384)
     max_image_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # How a downloaded PNG is proved whole: "crc" checks its structure and every chunk's CRC-32
+    # (truncation, damage in transit); "inflate" also inflates its image data (a server's broken
+    # zlib stream under correct CRCs), at ~30x the CPU. See imaging.py.
+    png_check: Literal["crc", "inflate"] = "crc"
     # Areas (`geometry`, `resolution`): the most pixels one image may have (a larger one is
     # fetched in tiles and stitched), and the most vertices a geometry may have.
     max_area_pixels: int = Field(default=25_000_000, ge=256, le=400_000_000)

@@ -113,6 +113,7 @@ class ImageService:
         default_provider: str,
         max_px: int,
         cache_ttl_s: float,
+        inflate_png: bool = False,
         observer: Observer | None = None,
         fleet: FleetFlightLock | None = None,
         max_area_pixels: int = 25_000_000,
@@ -130,6 +131,7 @@ class ImageService:
         self.default_provider = default_provider
         self.max_px = max_px
         self._cache_ttl_s = cache_ttl_s
+        self._inflate_png = inflate_png  # the `png_check` setting: see imaging.py
         self._flights: dict[str, _Flight] = {}
         self._observer: Observer = observer if observer is not None else NullObserver()
 
@@ -473,11 +475,13 @@ class ImageService:
                 stats=stats,
             )
             await writer.finish()
+            held = writer.held  # a small image is checked (and then written) from memory
             info = await self._cpu.run(
                 verify_image,
-                writer.temp_path,
+                writer.temp_path if held is None else held,
                 expected_size=target.expected_size,
                 max_pixels=self.max_px * self.max_px,
+                inflate=self._inflate_png,
             )
             record = self._record(
                 target, info.content_type, writer.bytes_written, info.width, info.height

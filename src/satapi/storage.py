@@ -81,6 +81,12 @@ class ImageWriter(Protocol):
         """Flush and close the temporary file so it can be read (verified) before commit."""
         ...
 
+    @property
+    def held(self) -> bytes | None:
+        """After `finish`: the whole image if it is still only in memory (verify these bytes;
+        `commit` writes them), else None (verify the file at `temp_path`)."""
+        ...
+
     async def commit(self, record: ImageRecord) -> ImageRecord:
         """Make the image and its record visible, atomically; returns the stored record.
 

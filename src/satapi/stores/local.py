@@ -1,4 +1,5 @@
-"""The local store: content-addressed images and analysis results as files, via aiofiles."""
+"""The local store: content-addressed images and analysis results as files, read and written off
+the event loop (aiofiles, or one worker-thread hop for several file operations)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import aiofiles.os
 from satapi.errors import InvalidRequest, NotFound
 from satapi.storage import ImageRecord, ImageWriter, check_id
 from satapi.stores.spool import (
+    MEMORY_SPOOL,
     NO_SPACE,
     STORE_FULL_RETRY_AFTER_S,
     TEMP_PREFIX,
@@ -70,14 +72,19 @@ def bytes_look_like(head: bytes, content_type: str) -> bool:
 
 
 class _LocalWriter(SpoolWriter):
-    """The shared temp-file writer (`spool.py`), committed by renaming in one hop.
+    """The shared writer (`spool.py`), committed by renaming in one hop.
 
-    The shard directories are made once at start-up, and the record plus both renames happen
-    in a single worker-thread hop.
+    A download of up to `MEMORY_SPOOL` bytes stays in memory: its temp file is written in the
+    same worker-thread hop as the record and both renames, so it costs one file hop in all.
+    The shard directories are made once at start-up.
     """
 
     def __init__(self, store: LocalImageStore, image_id: str) -> None:
-        super().__init__(store.meta_path(image_id).with_name(temp_name(image_id)), store.space)
+        super().__init__(
+            store.meta_path(image_id).with_name(temp_name(image_id)),
+            store.space,
+            memory_limit=MEMORY_SPOOL,
+        )
         self._store = store
         self.image_id = image_id
         store._writers.add(self)
@@ -86,8 +93,10 @@ class _LocalWriter(SpoolWriter):
         await self.finish()
         final_path = self._store.image_path(self.image_id, record.content_type)
         meta_path = self._store.meta_path(self.image_id)
+        data = self.held
+        self._on_disk = True  # from here the temp file may exist until the hop has finished
         try:
-            await asyncio.to_thread(_publish, self.temp_path, final_path, meta_path, record)
+            await asyncio.to_thread(_publish, self.temp_path, final_path, meta_path, record, data)
         except OSError as exc:
             raise self.no_space(exc, self.bytes_written) from None
         self._space.wrote()
@@ -102,12 +111,17 @@ class _LocalWriter(SpoolWriter):
             self._store._writers.discard(self)
 
 
-def _publish(temp_path: Path, final_path: Path, meta_path: Path, record: ImageRecord) -> None:
-    # One worker-thread hop: write the record to a temp file, then rename the image into place
-    # and the record after it, so a record never points at a missing image. The final name
-    # follows the type the bytes turned out to have.
+def _publish(
+    temp_path: Path, final_path: Path, meta_path: Path, record: ImageRecord, data: bytes | None
+) -> None:
+    # One worker-thread hop: write the image held in memory (if it is) to its temp file and the
+    # record to another, then rename the image into place and the record after it, so a record
+    # never points at a missing image, and no partial file is ever visible under a final name.
+    # The final name follows the type the bytes turned out to have.
     meta_temp = meta_path.with_name(temp_name(record.id, ".json"))
     try:
+        if data is not None:
+            _write_new(temp_path, data)
         meta_temp.write_text(json.dumps(asdict(record)))
         temp_path.replace(final_path)
         meta_temp.replace(meta_path)
@@ -115,6 +129,17 @@ def _publish(temp_path: Path, final_path: Path, meta_path: Path, record: ImageRe
         meta_temp.unlink(missing_ok=True)
         temp_path.unlink(missing_ok=True)
         raise
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write `data` to `path` (its directory too, if it was removed while running)."""
+    try:
+        f = path.open("wb")
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = path.open("wb")
+    with f:
+        f.write(data)
 
 
 class LocalImageStore:
@@ -324,15 +349,13 @@ class LocalImageStore:
                 del self._reading[record.id]
 
     async def read_bytes(self, record: ImageRecord) -> bytes:
+        # One worker-thread hop for open, read and close (three through aiofiles).
         try:
-            f = await aiofiles.open(self.image_path(record.id, record.content_type), "rb")
+            return await asyncio.to_thread(
+                self.image_path(record.id, record.content_type).read_bytes
+            )
         except FileNotFoundError:
             raise self._gone(record) from None
-        try:
-            data: bytes = await f.read()
-        finally:
-            await f.close()
-        return data
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -439,9 +462,10 @@ class LocalAnalysisStore:
 
     async def get(self, analysis_id: str) -> dict[str, Any] | None:
         """The stored result, or None."""
+        # One worker-thread hop for open, read and close (three through aiofiles).
         try:
-            async with aiofiles.open(self._path(analysis_id)) as f:
-                data: dict[str, Any] = json.loads(await f.read())
+            text = await asyncio.to_thread(self._path(analysis_id).read_bytes)
+            data: dict[str, Any] = json.loads(text)
         except (FileNotFoundError, ValueError):
             return None
         return data
@@ -449,14 +473,20 @@ class LocalAnalysisStore:
     async def put(self, analysis_id: str, result: dict[str, Any]) -> None:
         """Store a result atomically."""
         path = self._path(analysis_id)
-        await aiofiles.os.makedirs(path.parent, exist_ok=True)
         temp = path.with_name(temp_name(analysis_id))
+        body = json.dumps(result).encode()
         try:
-            async with aiofiles.open(temp, "w") as f:
-                await f.write(json.dumps(result))
-            await aiofiles.os.replace(temp, path)
+            # One worker-thread hop (five through aiofiles: makedirs, open, write, close, rename).
+            await asyncio.to_thread(_replace_with, path, temp, body)
         except BaseException as exc:
             await remove_quietly(temp)
             if is_no_space(exc):
                 raise store_full("the analysis result") from None
             raise
+
+
+def _replace_with(path: Path, temp: Path, data: bytes) -> None:
+    """Write `data` to `temp` and rename it to `path` (blocking; the temp file is the caller's to
+    remove on failure)."""
+    _write_new(temp, data)
+    temp.replace(path)

@@ -281,7 +281,8 @@ class _S3Writer(SpoolWriter):
         try:
             await self.finish()
             self._space.wrote()  # the spool disk had room for the whole image
-            return await self._store._publish(record, self.temp_path)
+            held = self.held
+            return await self._store._publish(record, self.temp_path if held is None else held)
         finally:
             await self.abort()  # the temp file goes, whether the image was stored or not
 

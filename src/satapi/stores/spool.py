@@ -1,10 +1,13 @@
-"""The local temp-file writer both stores use: a download gathered in an invisible file, 507 when
-the disk is full.
+"""The temp-file writer both stores use: a download gathered in memory or in an invisible file,
+507 when the disk is full.
 
-The file store renames the finished file into place; the S3 store uploads it and removes it.
-Either way the file is written here, through aiofiles, in pieces of up to `WRITE_BUFFER` bytes,
-and a full disk (ENOSPC, EDQUOT) is the client's 507 `store_full` with nothing left behind,
-remembered by `SpaceWatch` so /readyz reports it until the disk has room again.
+The file store keeps a download of up to `MEMORY_SPOOL` bytes in memory (a 512² PNG, a tile):
+it is verified from memory and written to its temp file, renamed and recorded in one worker-thread
+hop at commit. A larger one, and every download of the S3 store, is written to the temp file
+here, through aiofiles, in pieces of up to `WRITE_BUFFER` bytes; the file store renames the
+finished file into place, the S3 store uploads it and removes it. Either way a full disk (ENOSPC,
+EDQUOT) is the client's 507 `store_full` with nothing left behind, remembered by `SpaceWatch` so
+/readyz reports it until the disk has room again.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ log = logging.getLogger("satapi.storage")
 
 TEMP_PREFIX = ".tmp-"
 WRITE_BUFFER = 256 * 1024  # bytes gathered per aiofiles write
+# A download up to this size stays in memory until the store commits it (no file hops at all);
+# beyond it, it spills to its temp file. At most this much per download in flight.
+MEMORY_SPOOL = 512 * 1024
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 STORE_FULL_RETRY_AFTER_S = 60.0
 
@@ -129,24 +135,36 @@ class SpaceWatch:
 
 
 class SpoolWriter:
-    """Writes through aiofiles in pieces of up to `WRITE_BUFFER` bytes into `temp_path`.
+    """Gathers a download in memory up to `memory_limit` bytes, in `temp_path` beyond that.
 
-    Each aiofiles call is a hop to a worker thread and back, so chunks from the network are
-    gathered into bounded pieces first (a tiny image is one write). A full disk raises
+    Each aiofiles call is a hop to a worker thread and back. A download that fits in
+    `memory_limit` makes none here: `held` hands its bytes to the check and to the store's
+    `commit`, which writes them. A larger one spills to the file, and network chunks are
+    gathered into pieces of `WRITE_BUFFER` bytes per write. With `memory_limit` 0 (the S3
+    store) the file is created by `open` and every byte goes through it. A full disk raises
     `StoreFull` (and tells `space`); any other OSError stays an internal error. The stores
     subclass it with their own `commit`; `discard` closes and removes the file.
     """
 
-    def __init__(self, temp_path: Path, space: SpaceWatch) -> None:
+    def __init__(self, temp_path: Path, space: SpaceWatch, *, memory_limit: int = 0) -> None:
         self.temp_path = temp_path
         self.bytes_written = 0
         self._space = space
+        self._memory_limit = memory_limit
         self._buffer = bytearray()
+        self._held: bytes | None = None
         self._file: Any = None
+        self._on_disk = False  # the temp file may exist (opened, or a commit began writing it)
         self._done = False  # committed or discarded: nothing left to clean up
 
     async def open(self) -> None:
-        """Create the temp file (its directory too, if it was removed while running)."""
+        """Create the temp file now, unless downloads start in memory (`memory_limit`)."""
+        if self._memory_limit <= 0:
+            await self._open_file()
+
+    async def _open_file(self) -> None:
+        # Its directory too, if it was removed while running.
+        self._on_disk = True
         try:
             try:
                 self._file = await aiofiles.open(self.temp_path, "wb")
@@ -154,7 +172,7 @@ class SpoolWriter:
                 await aiofiles.os.makedirs(self.temp_path.parent, exist_ok=True)
                 self._file = await aiofiles.open(self.temp_path, "wb")
         except OSError as exc:
-            raise self.no_space(exc, 0) from None
+            raise self.no_space(exc, self.bytes_written) from None
 
     def no_space(self, exc: OSError, needed: int) -> OSError | StoreFull:
         """What to raise for `exc`: `StoreFull` for a full disk, else `exc` itself. The
@@ -167,6 +185,11 @@ class SpoolWriter:
     async def write(self, chunk: bytes) -> None:
         """Append a chunk."""
         self.bytes_written += len(chunk)
+        if self._file is None:
+            if self.bytes_written <= self._memory_limit:
+                self._buffer += chunk  # still held in memory
+                return
+            await self._open_file()  # too big to hold: what was gathered goes to the file
         if not self._buffer and len(chunk) >= WRITE_BUFFER:
             try:
                 await self._file.write(chunk)  # big enough on its own: no copy
@@ -189,12 +212,19 @@ class SpoolWriter:
     async def reset(self) -> None:
         """Drop what was written (before a retry)."""
         self._buffer.clear()
-        await self._file.seek(0)
-        await self._file.truncate()
+        self._held = None
         self.bytes_written = 0
+        if self._file is not None:
+            await self._file.seek(0)
+            await self._file.truncate()
 
     async def finish(self) -> None:
-        """Flush and close the file so it can be read (verified)."""
+        """Flush and close the file so it can be read (verified); a download held in memory
+        becomes `held`."""
+        if self._file is None:
+            if self._held is None:
+                self._held, self._buffer = bytes(self._buffer), bytearray()
+            return
         if not self._file.closed:
             await self._flush()
             try:
@@ -202,14 +232,22 @@ class SpoolWriter:
             except OSError as exc:
                 raise self.no_space(exc, self.bytes_written) from None
 
+    @property
+    def held(self) -> bytes | None:
+        """After `finish`: the whole download when it never left memory (then nothing is on
+        disk yet and the store's commit writes it), else None (it is in `temp_path`)."""
+        return self._held
+
     async def discard(self) -> bool:
         """Close and remove the temp file; False when it was committed or discarded already."""
         if self._done:
             return False
         self._done = True
         self._buffer.clear()
+        self._held = None
         if self._file is not None:
             with contextlib.suppress(Exception):
                 await self._file.close()
-        await remove_quietly(self.temp_path)
+        if self._on_disk:
+            await remove_quietly(self.temp_path)
         return True
