@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+
+import httpcore2
 import httpx2
 
 httpx2.alias_httpx()
+
+# Every httpx client made without a transport (`httpx.get(...)`, `httpx.Client()`) loads
+# certifi's CA bundle into a new SSL context, ~30 ms of CPU; the tests make hundreds of them to
+# talk plain HTTP to local servers. One default context per test process (the service does the
+# same: `satapi.providers.transport.default_tls`).
+httpcore2.default_ssl_context = functools.cache(httpcore2.default_ssl_context)
 
 import io  # noqa: E402
 from collections.abc import AsyncIterator, Callable  # noqa: E402

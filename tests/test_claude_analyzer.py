@@ -437,8 +437,10 @@ async def test_deltas_are_yielded_as_they_arrive(server: ServerBackend, cpu: Cpu
         stamps.append(time.monotonic())
         if isinstance(event, AnalysisResult):
             assert event.text == "abc"
-    # the first delta is not held back until the whole answer is there
-    assert stamps[-1] - stamps[0] >= 0.5
+    # The first delta is not held back until the whole answer is there: held back, all would
+    # arrive at once; sent 0.3 s apart, the first and the last are ~0.6 s apart (0.25 leaves
+    # room for a busy test machine resuming this loop late for the first one).
+    assert stamps[-1] - stamps[0] >= 0.25, stamps
 
 
 async def test_closing_the_generator_closes_the_api_stream(

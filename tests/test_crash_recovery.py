@@ -177,9 +177,11 @@ async def test_damage_found_at_start_is_removed_and_never_served(
         retyped_png.write_bytes(jpeg)
         (shard[imageless] / f"{imageless}.png").unlink()
         orphan = data / "ab" / f"{'ab' * 32}.png"
+        orphan.parent.mkdir(exist_ok=True)  # a shard is made by its first write
         orphan.write_bytes(png(8, 8))
         os.utime(orphan, (time.time() - 3600, time.time() - 3600))
         stale = data / "cd" / f".tmp-999999999-{'cd' * 32}-0"
+        stale.parent.mkdir(exist_ok=True)
         stale.write_bytes(b"partial")
 
         server = SatapiProcess(tmp_path, settings(upstream)).start()

@@ -200,6 +200,11 @@ async def test_store_recreates_a_removed_shard_directory(tmp_path: Path) -> None
     await store.start()
     try:
         shard = tmp_path / "images" / "00"
+        assert not shard.exists()  # made by the first write into it
+        await store.put_bytes(record(4, 3), b"abc")
+        assert (shard / f"{4:064x}.json").exists()
+        for path in shard.iterdir():
+            path.unlink()
         shard.rmdir()
         await store.put_bytes(record(5, 3), b"abc")
         assert (shard / f"{5:064x}.json").exists()

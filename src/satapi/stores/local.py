@@ -76,7 +76,8 @@ class _LocalWriter(SpoolWriter):
 
     A download of up to `MEMORY_SPOOL` bytes stays in memory: its temp file is written in the
     same worker-thread hop as the record and both renames, so it costs one file hop in all.
-    The shard directories are made once at start-up.
+    A shard directory is made by the first write into it (in the same hop for a download held
+    in memory); an empty store is one empty directory, so starting one costs next to nothing.
     """
 
     def __init__(self, store: LocalImageStore, image_id: str) -> None:
@@ -185,7 +186,7 @@ class LocalImageStore:
     # -- life cycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._make_shards)
+        await aiofiles.os.makedirs(self.root, exist_ok=True)
         entries = await asyncio.to_thread(self._scan)
         for image_id, size, content_type in entries:
             self._lru[image_id] = (size, content_type)
@@ -193,11 +194,6 @@ class LocalImageStore:
         self._task = asyncio.create_task(self._evict_loop(), name="satapi-store-evict")
         if self._total > self.max_bytes:
             self._wake.set()
-
-    def _make_shards(self) -> None:
-        # All 256 shard directories up front, so a download never spends a hop on makedirs.
-        for n in range(256):
-            (self.root / f"{n:02x}").mkdir(parents=True, exist_ok=True)
 
     def _scan(self) -> list[tuple[str, int, str]]:
         # Runs in a thread at start-up: removes leftover temp files, records whose image is
