@@ -87,21 +87,23 @@ def _caller(app: Any) -> Call:
     return call
 
 
-async def measure(rounds: int, n: int) -> dict[str, float]:
-    """Best-of-`rounds` CPU microseconds per request, for /healthz and a cache hit."""
+def app_with_fake_wms(png: bytes, prefix: str) -> Any:
+    """The app, its data in a new temp dir, its WMS answered in-process by respx with `png`."""
     settings = Settings(
-        data_dir=Path(tempfile.mkdtemp(prefix="satapi-hitcost-")),
+        data_dir=Path(tempfile.mkdtemp(prefix=prefix)),
         providers={"test": {"url": WMS, "default_layer": "scene"}},
         default_provider="test",
     )
-    # The one download is answered by respx, handed to the app as its WMS transport.
     router = respx.Router(assert_all_called=False)
     router.get(url__startswith=WMS).mock(
-        return_value=httpx.Response(
-            200, content=_png(64, 32), headers={"content-type": "image/png"}
-        )
+        return_value=httpx.Response(200, content=png, headers={"content-type": "image/png"})
     )
-    app = create_app(settings, http_transport=httpx.MockTransport(router.async_handler))
+    return create_app(settings, http_transport=httpx.MockTransport(router.async_handler))
+
+
+async def measure(rounds: int, n: int) -> dict[str, float]:
+    """Best-of-`rounds` CPU microseconds per request, for /healthz and a cache hit."""
+    app = app_with_fake_wms(_png(64, 32), "satapi-hitcost-")
     async with LifespanManager(app) as manager:
         call = _caller(manager.app)
         assert await call("POST", "/api/images", BODY) == 200  # the download

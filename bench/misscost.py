@@ -18,22 +18,16 @@ import asyncio
 import json
 import logging
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import httpx2
 
 httpx2.alias_httpx()  # before respx, so that it patches httpx2 (as tests/conftest.py does)
 
-import httpx  # noqa: E402  (httpx2 under the alias; respx's types are httpx's)
-import respx  # noqa: E402
 from asgi_lifespan import LifespanManager  # noqa: E402
 
-from bench.hitcost import WMS, Call, _caller  # noqa: E402
+from bench.hitcost import Call, _caller, app_with_fake_wms  # noqa: E402
 from bench.upstream import encode_image  # noqa: E402
-from satapi.app import create_app  # noqa: E402
-from satapi.config import Settings  # noqa: E402
 from satapi.observability.logs import setup_logging  # noqa: E402
 
 SIZES = ((64, 32), (512, 512))
@@ -43,20 +37,7 @@ async def measure(rounds: int, n: int, concurrency: int) -> dict[str, float]:
     """Best-of-`rounds` CPU microseconds per download, per image size."""
     best: dict[str, float] = {}
     for width, height in SIZES:
-        settings = Settings(
-            data_dir=Path(tempfile.mkdtemp(prefix="satapi-misscost-")),
-            providers={"test": {"url": WMS, "default_layer": "scene"}},
-            default_provider="test",
-        )
-        router = respx.Router(assert_all_called=False)
-        router.get(url__startswith=WMS).mock(
-            return_value=httpx.Response(
-                200,
-                content=encode_image(width, height, "image/png"),
-                headers={"content-type": "image/png"},
-            )
-        )
-        app = create_app(settings, http_transport=httpx.MockTransport(router.async_handler))
+        app = app_with_fake_wms(encode_image(width, height, "image/png"), "satapi-misscost-")
         name = f"{width}x{height}"
         async with LifespanManager(app) as manager:
             downloads = _Downloads(_caller(manager.app), width, height, concurrency)
