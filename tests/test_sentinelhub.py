@@ -538,6 +538,7 @@ async def test_wrong_credentials_are_provider_auth_without_the_secret(
     settings = make_settings(
         default_provider="sh", providers={"sh": sh.provider(client_secret=wrong)}
     )
+    sh.token_delay_s = 0.5  # all ten are waiting for the one token request, on a busy machine too
     async for api in _client(settings):
         rs = await asyncio.gather(*(api.post("/api/images", json=body()) for _ in range(10)))
         for r in rs:
