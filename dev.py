@@ -52,10 +52,11 @@ def test(args: list[str]) -> int:
     ):
         if code := _run(step):
             return code
-    # Two pytest workers per core (pytest-xdist): much of the suite is servers and subprocesses
-    # waiting on real timeouts, which overlap. tests/conftest.py keeps the tests that share a
-    # module's server on one worker and starts the long ones first. `-n 0`: one process.
-    workers = 2 * (os.cpu_count() or 1)
+    # One pytest worker per core (pytest-xdist): much of the suite is servers and subprocesses
+    # waiting. tests/conftest.py keeps the tests that share a module's server on one worker and
+    # starts the long ones first. Two workers per core were ~10 % faster here, but tests with
+    # sub-second Redis leases and timeouts then failed now and then. `-n 0`: one process.
+    workers = os.cpu_count() or 1
     # Test processes cache their bytecode: with PYTHONDONTWRITEBYTECODE set, every pytest worker
     # and every server a test starts compiles (and rewrites) its modules again, ~5 s a worker.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
