@@ -88,6 +88,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: no error without the plugin
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Under `--dist load` (the default with `-n`): each test is a unit of work, except that
     the tests of a shared-server module are one unit. (`xdist_group` marks would say the same,
