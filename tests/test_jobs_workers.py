@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.fault_upstream import FaultUpstream, SatapiProcess
 from tests.support.job_processes import WebhookReceiver, WorkerProcess, comparable, job_record
-from tests.support.redis_server import RedisServer, require_redis
+from tests.support.redis_server import RedisServer, running_redis
 
 SECRET = "whsec-test"
 BASE: dict[str, Any] = {"bbox": [10.0, 45.0, 14.0, 47.0], "width": 64, "height": 32}
@@ -89,18 +89,17 @@ class Fleet:
 def shared_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     """One fleet for the module (starting one is three satapi processes); each test uses its
     own layer (its own latency), so no test finds another's images stored."""
-    require_redis()
-    redis = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    try:
-        with FaultUpstream() as upstream, WebhookReceiver() as hook:
-            fleet = Fleet(tmp_path_factory.mktemp("fleet"), redis, upstream, hook)
-            try:
-                fleet.api.start()
-                yield fleet
-            finally:
-                fleet.stop()
-    finally:
-        redis.stop()
+    with (
+        running_redis(tmp_path_factory.mktemp("redis")) as redis,
+        FaultUpstream() as upstream,
+        WebhookReceiver() as hook,
+    ):
+        fleet = Fleet(tmp_path_factory.mktemp("fleet"), redis, upstream, hook)
+        try:
+            fleet.api.start()
+            yield fleet
+        finally:
+            fleet.stop()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.support.fault_upstream import FaultUpstream, SatapiProcess
-from tests.support.redis_server import RedisServer, require_redis
+from tests.support.redis_server import RedisServer, running_redis
 from tests.support.s3server import MotoServer, aws_env
 
 CAP = 6
@@ -32,12 +32,8 @@ def upstream() -> Iterator[FaultUpstream]:
 
 @pytest.fixture
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    require_redis()
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    try:
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def settings(upstream: FaultUpstream, data_dir: Path, **more: Any) -> dict[str, Any]:

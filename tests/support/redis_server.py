@@ -7,6 +7,7 @@ disk (`--save '' --appendonly no`), so `stop()` then `start()` is a Redis that l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -98,12 +99,19 @@ def require_redis() -> None:
     pytest.skip(missing)
 
 
-@pytest.fixture
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A fresh, empty redis-server for one test, stopped afterwards."""
+@contextlib.contextmanager
+def running_redis(workdir: Path) -> Iterator[RedisServer]:
+    """A started, empty redis-server (skipped or failed as `require_redis` says), stopped after."""
     require_redis()
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    server = RedisServer(workdir).start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A fresh, empty redis-server for one test, stopped afterwards."""
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
