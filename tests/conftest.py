@@ -28,7 +28,10 @@ from PIL import Image  # noqa: E402
 
 from satapi.app import create_app  # noqa: E402
 from satapi.config import Settings  # noqa: E402
+from tests.support.route_state import share_route_state_across_apps  # noqa: E402
 from tests.support.wms_mock import mock_transport  # noqa: E402
+
+share_route_state_across_apps()
 
 pytest_plugins = [
     "tests.support.mapserver_plugin",
