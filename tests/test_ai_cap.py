@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -79,8 +80,10 @@ async def test_beyond_the_waiting_bound_is_503_ai_busy_with_retry_after(
     upstream: LandCoverWMS,
     wms: respx.Router,
 ) -> None:
-    # Each reply takes 0.6 s; one call may run, one may wait, the third is refused at once.
-    fake_anthropic.script(Reply(text=["a", "b", "c"], delay=0.2))
+    # The first call is held until the third request has been refused; one call may run, one
+    # may wait, the third is refused at once.
+    release = threading.Event()
+    fake_anthropic.script(Reply(text=["a", "b", "c"], hold=release), Reply(text=["a", "b", "c"]))
     settings = _settings(make_settings, fake_anthropic, max_concurrent_ai=1, max_ai_waiting=1)
     async with app_client(settings, wms=wms) as client:
 
@@ -105,6 +108,7 @@ async def test_beyond_the_waiting_bound_is_503_ai_busy_with_retry_after(
         assert 1 <= int(refused.headers["retry-after"]) <= 60
         assert await gauge("satapi_ai_shed_total") == 1
 
+        release.set()
         assert (await first).status_code == 200
         assert (await second).status_code == 200
         assert await gauge("satapi_ai_calls_in_flight") == 0

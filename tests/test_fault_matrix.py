@@ -164,10 +164,11 @@ class HealthPoller:
 
 def assert_healthz_fast(latencies: list[float]) -> None:
     """Every poll under 50 ms, except that a shared 2-CPU CI box may deschedule the server now
-    and then: up to 10 % of the polls (at least one) may be slow, none by more than 0.5 s. A
-    blocked event loop (a sync call, a busy decode) shows as many slow polls or one long one."""
+    and then: up to 10 % of the polls (at least two, for a fault that lasts a few polls) may be
+    slow, none by more than 0.5 s. A blocked event loop (a sync call, a busy decode) shows as
+    many slow polls or one long one."""
     slow = sorted(t for t in latencies if t >= HEALTHZ_BUDGET_S)
-    assert len(slow) <= max(1, len(latencies) // 10), (len(latencies), slow)
+    assert len(slow) <= max(2, len(latencies) // 10), (len(latencies), slow)
     assert max(latencies) < HEALTHZ_STALL_S, slow
 
 

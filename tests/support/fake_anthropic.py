@@ -30,7 +30,8 @@ class Reply:
     error body `{"type": "error", "error": {...}}` with `error_type`, plus `headers` (e.g.
     `retry-after`). `error_after=N` sends an SSE
     `event: error` of `stream_error_type` after N text deltas; `drop_after=N` kills the connection
-    after N text deltas.
+    after N text deltas. `hold`, when given, keeps the request waiting until the event is set
+    (a test then decides when the call ends, whatever the machine's load).
     """
 
     text: Sequence[str] = ("The image shows ", "fields, ", "a river and a small town.")
@@ -46,6 +47,7 @@ class Reply:
     model: str = "claude-fake-1"
     input_tokens: int = 1234
     output_tokens: int | None = None  # None: one per text chunk
+    hold: threading.Event | None = field(default=None, compare=False)
 
     @classmethod
     def error(
@@ -342,6 +344,8 @@ class FakeAnthropic:
     async def _answer(self, payload: Any, receive: Any, send: Any) -> None:
         reply = self._next_reply()
         request_id = f"req_fake_{next(self._ids)}"
+        while reply.hold is not None and not reply.hold.is_set():
+            await asyncio.sleep(0.01)
         if reply.status != 200:
             await self._send_json(
                 send,
