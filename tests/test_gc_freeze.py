@@ -10,6 +10,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 import satapi.app
+from satapi import cli
 from satapi.app import app_from_env, create_app
 from satapi.config import Settings
 
@@ -50,3 +51,38 @@ def test_the_servers_factory_asks_for_it(
     monkeypatch.setattr(satapi.app, "create_app", fake_create_app)
     app_from_env()
     assert seen == {"watch_signals": True, "freeze_gc": True}
+
+
+async def test_a_server_app_turns_the_collector_back_on_when_ready(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # `satapi serve` keeps the cyclic collector off while it starts (satapi.cli).
+    gc.disable()
+    try:
+        async with LifespanManager(create_app(make_settings(), freeze_gc=True)):
+            assert gc.isenabled()
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize(
+    ("argv", "serving"),
+    [
+        (["check-config"], False),
+        (["serve", "--workers", "2"], False),
+        (["serve"], True),
+    ],
+)
+def test_the_command_line_leaves_the_collector_on(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], serving: bool
+) -> None:
+    """Off while one serving process starts (its app turns it on), on for every other command,
+    and on again whatever way the command ends."""
+    seen: list[bool] = []
+    monkeypatch.setattr(cli, "_server_command", lambda args: seen.append(gc.isenabled()) or 0)
+    assert cli.main(argv) == 0
+    assert seen == [not serving]
+    assert gc.isenabled()
+    with pytest.raises(SystemExit):
+        cli.main(["--no-such-option"])
+    assert gc.isenabled()

@@ -309,6 +309,8 @@ def create_app(
                 # pydantic models, the clients). Every full collection walked them all with the
                 # loop stopped (~45 ms on the bench VM, the /healthz outliers); frozen, they are
                 # no longer walked. Not in tests: each test's app would stay frozen for good.
+                # `satapi serve` kept the collector off during start-up: on again now.
+                gc.enable()
                 gc.collect()
                 gc.freeze()
             try:

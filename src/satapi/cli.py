@@ -8,6 +8,7 @@ and does not read the server's settings."""
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -80,7 +81,19 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `satapi` console script."""
+    # No cyclic collection during start-up's imports (see __main__); one serving process turns
+    # it on once its app is ready (satapi.app), every other command at once.
+    gc.disable()
+    try:
+        return _command(argv)
+    finally:
+        gc.enable()
+
+
+def _command(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "serve" or args.workers > 1 or args.reload:
+        gc.enable()
     try:
         if getattr(args, "client_command", None):
             status = commands.run(args)
