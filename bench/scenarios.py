@@ -66,6 +66,7 @@ class Profile:
     fresh_servers: bool  # a new server (and empty data dir) for every point
     cap: int = 200  # satapi max_concurrent_wms and the provider's max_concurrency
     baseline_time_limit: float = 8.0  # seconds per baseline load
+    baseline_workers: int | None = None  # gunicorn -w for the baseline; None: one per core
     # 0: client micro-benchmark
     s0_latency: float = 1.0
     s0_concurrency: int = 200
@@ -125,6 +126,7 @@ SMOKE = Profile(
     name="smoke",
     fresh_servers=False,
     baseline_time_limit=2.0,
+    baseline_workers=1,  # the smoke checks that the baseline runs, not how fast
     s0_latency=0.05,
     s0_concurrency=10,
     s0_total=20,
@@ -260,7 +262,7 @@ class Fleet:
         data.mkdir(parents=True)
         if system.startswith("baseline-"):
             kind = system.removeprefix("baseline-")
-            workers = os.cpu_count() or 2
+            workers = self.profile.baseline_workers or os.cpu_count() or 2
             extra = ai.baseline_env() if ai else None
             proc = start_baseline(
                 kind, wms_url, port=port, data_dir=data, workers=workers, extra_env=extra
