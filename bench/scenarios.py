@@ -277,6 +277,7 @@ class Fleet:
             config.write_text(toml)
             cmd = [sys.executable, "-m", "satapi", "serve", "--host", "127.0.0.1"]
             cmd += ["--port", str(port), "--workers", str(workers), "--graceful-timeout", "2"]
+            cmd += os.environ.get("BENCH_SATAPI_ARGS", "").split()  # e.g. "--loop uvloop"
             proc = ServerProcess(
                 f"{system}-{port}",
                 cmd,

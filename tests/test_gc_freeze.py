@@ -18,8 +18,10 @@ from satapi.config import Settings
 @pytest.fixture(autouse=True)
 def unfrozen() -> Iterator[None]:
     gc.unfreeze()
+    thresholds = gc.get_threshold()
     yield
     gc.unfreeze()  # no test's objects stay out of the collector's reach
+    gc.set_threshold(*thresholds)
 
 
 async def test_a_server_app_freezes_start_up_objects(
@@ -30,11 +32,15 @@ async def test_a_server_app_freezes_start_up_objects(
         # What start-up made (modules, models, clients) is out of the collector's reach.
         assert frozen > 10_000
         assert len(gc.get_objects()) < frozen
+        # and the young generation is collected less often than Python's default (700).
+        assert gc.get_threshold() == satapi.app.GC_THRESHOLDS
 
 
 async def test_other_apps_do_not_freeze(make_settings: Callable[..., Settings]) -> None:
+    thresholds = gc.get_threshold()
     async with LifespanManager(create_app(make_settings())):
         assert gc.get_freeze_count() == 0
+        assert gc.get_threshold() == thresholds
 
 
 def test_the_servers_factory_asks_for_it(

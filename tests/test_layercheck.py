@@ -68,6 +68,11 @@ async def check(client: Caps, provider: ProviderConfig = WMS, **over: Any) -> Da
             {"before": "2024-03-01", "after": "2024-04-01"},
         ),
         (
+            ["2020-01-06/2025-12-29/P7D"],  # Mondays: a Wednesday between two of them
+            "2024-06-05",
+            {"before": "2024-06-03", "after": "2024-06-10"},
+        ),
+        (
             ["2024-01-01,2024-06-01"],
             "2024-02-01/2024-05-01",
             {"before": "2024-01-01", "after": "2024-06-01"},
@@ -90,6 +95,9 @@ def test_missing_times_name_the_nearest(
         (["2024-01-01,2024-06-01"], "2024-06-01"),
         (["2024-01-01,2024-06-01"], "2024-06-01T10:30:00Z"),  # any time on an offered day
         (["2024-01-01/2024-12-31/P1M"], "2024-05-01"),
+        (["2020-01-01/2025-12-31/P1D"], "2024-06-01"),  # daily for years
+        (["2020-01-06/2025-12-29/P7D"], "2024-06-03T12:00:00Z"),  # weekly, a time that day
+        (["2020-01-01/2025-12-31/P2D"], "2025-12-30"),  # the last step
         (["2024-01-01/2024-12-31"], "2024-05-17"),  # continuous interval
         (["2024-01-01,2024-06-01"], "2024-05-01/2024-07-01"),  # an interval holding a date
         (["current"], "2031-01-01"),  # nothing comparable: the server decides

@@ -70,6 +70,9 @@ from satapi.web.viewer import install_viewer
 
 log = logging.getLogger("satapi")
 
+# The cyclic collector's thresholds in a server process (`freeze_gc`); Python's are 700, 10, 10.
+GC_THRESHOLDS = (20_000, 20, 20)
+
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
@@ -313,6 +316,11 @@ def create_app(
                 gc.enable()
                 gc.collect()
                 gc.freeze()
+                # A request allocates thousands of objects: at the default 700 the young
+                # generation was collected ~230 times per 400 scenario-6 requests (0.24 s of
+                # CPU, ~0.5 ms per request); at 20,000 six times (0.04 s). The garbage of
+                # reference cycles waits a little longer (a few MB at most).
+                gc.set_threshold(*GC_THRESHOLDS)
             try:
                 yield
             finally:

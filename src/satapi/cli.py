@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         "--loop",
         choices=("asyncio", "uvloop"),
         default="asyncio",
-        help="event loop (default asyncio: same speed here, far less memory for big images)",
+        help="event loop (default asyncio; uvloop: less CPU for some loads, more for others)",
     )
     serve.add_argument(
         "--graceful-timeout",
@@ -161,10 +161,11 @@ def _server_command(args: argparse.Namespace) -> int:
         reload=args.reload,
         log_config=None,
         access_log=False,
-        # asyncio by default, not uvloop: under uvloop, libuv reads up to 32 x 256 KiB per
-        # wake-up and anyio's stream protocol (under httpx2) queues all of it, so each big WMS
-        # transfer could hold ~8 MB. 100 concurrent 4096x4096 PNG downloads peaked at 1060 MB
-        # instead of ~430 MB, at the same CPU per request (bench/RESULTS.md, scenario 5).
+        # asyncio by default, not uvloop. First chosen when anyio's stream protocol (under
+        # httpx2) queued all libuv read per wake-up (scenario 5 peaked at 1060 MB instead of
+        # ~430); re-measured with the aiohttp transport (2026-12-04, bench/RESULTS.md): uvloop
+        # took ~16 % off scenario 6's CPU per request but added ~8 % to scenario 1's, and
+        # scenario 5 peaked at 229 MB against 169-210: no clear win.
         loop=args.loop,
         timeout_graceful_shutdown=args.graceful_timeout,
         proxy_headers=False,

@@ -106,6 +106,13 @@ def _in_interval(requested: dt.date | dt.datetime, spec: str) -> bool:
         duration = parse_step(parts[2])
     except InvalidRequest:
         return True
+    whole_days = _whole_days(duration)
+    if whole_days and type(start) is dt.date and type(end) is dt.date:
+        # Dates every n days (`2020-01-01/2025-12-31/P1D`): what the loop below finds, by
+        # arithmetic (a daily interval over years was ~1,600 steps, ~0.7 ms per request).
+        if (day - start).days % whole_days == 0:
+            return True  # a step lands on the day, and no step before it passed `end`
+        return (end - start).days // whole_days + 1 >= MAX_INTERVAL_STEPS
     for k in range(MAX_INTERVAL_STEPS):
         current = start + duration * k
         if _same_instant(requested, current):
@@ -113,6 +120,13 @@ def _in_interval(requested: dt.date | dt.datetime, spec: str) -> bool:
         if current > end:
             return False
     return True  # too many steps to check; do not refuse what may exist
+
+
+def _whole_days(duration: dt.timedelta | isodate.Duration) -> int:
+    """n for a step of exactly n days (P1D, P7D, P2W), else 0 (months, years, hours)."""
+    if type(duration) is not dt.timedelta or duration.seconds or duration.microseconds:
+        return 0
+    return max(duration.days, 0)
 
 
 def time_available(values: Sequence[str], requested: str) -> bool:
