@@ -52,11 +52,12 @@ def test(args: list[str]) -> int:
     ):
         if code := _run(step):
             return code
-    # One pytest worker per core (pytest-xdist): much of the suite is servers and subprocesses
-    # waiting. tests/conftest.py keeps the tests that share a module's server on one worker and
-    # starts the long ones first. Two workers per core were ~10 % faster here, but tests with
-    # sub-second Redis leases and timeouts then failed now and then. `-n 0`: one process.
-    workers = os.cpu_count() or 1
+    # Two pytest workers per core (pytest-xdist): much of the suite is servers and subprocesses
+    # waiting, and two per core keep both cores busy. tests/conftest.py keeps the tests that
+    # share a module's server on one worker and starts the long ones first. Tests that time
+    # something leave room for a loaded machine (a lease at least twice what they wait).
+    # `-n 0`: one process.
+    workers = 2 * (os.cpu_count() or 1)
     # Test processes cache their bytecode: with PYTHONDONTWRITEBYTECODE set, every pytest worker
     # and every server a test starts compiles (and rewrites) its modules again, ~5 s a worker.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
