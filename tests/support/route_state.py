@@ -6,8 +6,8 @@ that reaches the route's router: 30-70 ms of CPU per app. The service builds one
 process and pays it once; the suite builds an app for most tests and paid it ~1,500 times (half
 the test processes' own CPU). satapi's routers are module-level objects included the same way
 into every app, so that state is the same for every app but one field: the app that dependency
-overrides would be read from. No satapi code or test uses `dependency_overrides`; an app that has
-any still builds its own state.
+overrides would be read from. No satapi code uses `dependency_overrides`; an app that has any
+still builds its own state (tests/test_route_state.py checks both).
 
 If FastAPI's private names change, nothing is patched and the suite is only slower.
 """
