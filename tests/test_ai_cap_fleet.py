@@ -193,7 +193,7 @@ async def test_slot_limiter_counts_sheds_and_gives_back_cancelled_places(
             # Until B's place in the queue is in Redis (not only in B's own count): before
             # that, A's second caller could take the one waiting place and wait on A itself.
             for _ in range(500):
-                if _fleet_waiting(redis_server, "ai") == 1 or waiter.done():
+                if await _fleet_waiting(coord_a) == 1 or waiter.done():
                     break
                 await asyncio.sleep(0.01)
             assert not waiter.done(), waiter.exception()
@@ -225,10 +225,13 @@ async def test_slot_limiter_counts_sheds_and_gives_back_cancelled_places(
         await coord_b.close()
 
 
-def _fleet_waiting(redis_server: RedisServer, name: str) -> int:
-    """The fleet's waiting count for semaphore `name`, as Redis holds it (per process)."""
-    reply = redis_server.command("HVALS", "{satapi}:semw:" + name).decode()
-    return sum(int(line) for line in reply.split("\r\n")[2::2] if line.isdigit())
+# The AI semaphore's waiting counts in Redis: process id -> how many of its requests wait.
+AI_WAITING = "{satapi}:semw:ai"
+
+
+async def _fleet_waiting(coord: RedisCoordinator) -> int:
+    """The fleet's waiting count for the AI semaphore, as Redis holds it."""
+    return sum(int(count) for count in await coord.redis.hvals(AI_WAITING))
 
 
 async def _enter(limiter: RedisSlotLimiter) -> None:
@@ -244,7 +247,6 @@ async def test_a_renewal_racing_a_grant_leaves_no_stale_waiting_count(
     # did not exist, so a fleet with `max_ai_waiting` 1 shed the next caller for a second.
     coord = RedisCoordinator(redis_server.url, lease_s=3.0)  # not started: renewals run by hand
     sem = coord.semaphore("ai", 1, max_waiting=1)
-    key = "{satapi}:semw:ai"
     try:
         for _ in range(20):
             async with contextlib.AsyncExitStack() as stack:
@@ -252,8 +254,8 @@ async def test_a_renewal_racing_a_grant_leaves_no_stale_waiting_count(
                 await asyncio.sleep(0)  # the acquire has counted itself and sent its script
                 await coord._renew_all()
                 await held
-                assert await coord.redis.hget(key, coord.proc) is None
+                assert await coord.redis.hget(AI_WAITING, coord.proc) is None
         await coord._renew_all()  # quiet since the last one: the count is synced (none)
-        assert await coord.redis.hlen(key) == 0
+        assert await coord.redis.hlen(AI_WAITING) == 0
     finally:
         await coord.close()
