@@ -21,6 +21,10 @@ from PIL import Image
 
 from satapi.app import create_app
 from satapi.config import Settings
+from satapi.imagery import FetchedImage
+from satapi.storage import ImageRecord
+from satapi.stores.local import LocalImageStore
+from satapi.wms_client import GetMapRequest
 from tests.conftest import WMS_URL
 from tests.support.fake_anthropic import FakeAnthropic, Reply
 from tests.support.wms_mock import mock_transport
@@ -371,3 +375,68 @@ async def test_the_json_route_asks_for_one_reply_and_the_stream_route_streams(
     )
     assert "event: error" in streamed.text and '"code": "ai_busy"' in streamed.text
     assert [("stream" in req.json) for req in fake_anthropic.requests] == [False, True]
+
+
+# --- the image's bytes: from the download when it never left memory --------------------------
+
+
+def _sent_image(fake_anthropic: FakeAnthropic, index: int) -> bytes:
+    (message,) = fake_anthropic.requests[index].json["messages"]
+    return base64.b64decode(message["content"][0]["source"]["data"])
+
+
+async def test_a_fresh_small_download_goes_to_claude_without_reading_the_store(
+    ai_client: httpx.AsyncClient,
+    fake_anthropic: FakeAnthropic,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reads: list[str] = []
+    read_bytes = LocalImageStore.read_bytes
+
+    async def counted(self: LocalImageStore, record: ImageRecord) -> bytes:
+        reads.append(record.id)
+        return await read_bytes(self, record)
+
+    monkeypatch.setattr(LocalImageStore, "read_bytes", counted)
+    body = {**BODY, "analyzer": "claude"}  # a 100 x 50 PNG: within Claude's limits, sent as is
+    r = await ai_client.post("/api/vision/analyze_satellite", json=body)
+    assert r.status_code == 200, r.text
+    image_id = r.json()["image"]["id"]
+    assert reads == []  # the download's own bytes, not a read-back of the file just written
+    stored = await ai_client.get(f"/api/images/{image_id}")
+    assert stored.status_code == 200
+    assert _sent_image(fake_anthropic, 0) == stored.content
+
+    # The same image with another prompt: a cache hit, so its bytes come from the store.
+    reads.clear()
+    again = await ai_client.post(
+        "/api/vision/analyze_satellite", json={**body, "prompt": "Any standing water?"}
+    )
+    assert again.status_code == 200, again.text
+    assert again.json()["image"]["cached"] is True
+    assert reads == [image_id]
+    assert _sent_image(fake_anthropic, 1) == stored.content
+
+
+async def test_fetch_each_keeps_no_image_bytes_in_memory(
+    make_settings: Callable[..., Settings], upstream: LandCoverWMS, wms: respx.Router
+) -> None:
+    # A series holds every date's result at once: none of them may carry its image's bytes.
+    app = create_app(make_settings(), http_transport=mock_transport(wms))
+    async with LifespanManager(app):
+        images = app.state.resources.images
+        targets = {
+            day: images.target(
+                None, GetMapRequest(layer="scene", bbox=BBOX, width=64, height=32, time=day)
+            )
+            for day in ("2024-06-01", "2024-06-02")
+        }
+        single = await images.fetch(
+            images.target(None, GetMapRequest(layer="scene", bbox=BBOX, width=64, height=64))
+        )
+        assert single.data is not None and len(single.data) == single.record.bytes
+        each = await images.fetch_each(targets)
+    assert upstream.calls == 3
+    for fetched in each.values():
+        assert isinstance(fetched, FetchedImage) and not fetched.cached
+        assert fetched.data is None

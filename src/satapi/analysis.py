@@ -163,7 +163,9 @@ class AnalysisService:
             _image_input(
                 label,
                 fetched,
-                await self._store.read_bytes(fetched.record),
+                fetched.data
+                if fetched.data is not None
+                else await self._store.read_bytes(fetched.record),
                 await self._parts(fetched) if by_parts else (),
             )
             for label, fetched in images

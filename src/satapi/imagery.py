@@ -62,6 +62,11 @@ class FetchedImage:
     area: AreaInfo | None = None
     # A stitched image: its tiles and their image ids (each stored like any image).
     parts: tuple[tuple[Tile, str], ...] = ()
+    # The stored bytes, when this request downloaded a small image that never left memory:
+    # an analysis uses them instead of reading the file it has just written. Only `fetch`
+    # carries them (one image per caller); `fetch_each` drops them, so a series does not hold
+    # every date's image at once.
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def coverage(self) -> float | None:
@@ -359,6 +364,8 @@ class ImageService:
         for key, result in zip(targets, results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, SatapiError):
                 raise result
+            if isinstance(result, FetchedImage) and result.data is not None:
+                result = dataclasses.replace(result, data=None)  # a series reads them in turn
             out[key] = result
         return out
 
@@ -494,6 +501,13 @@ class ImageService:
             record=record,
             queue_wait_s=stats.queue_wait_s,
             download_s=time.perf_counter() - started - stats.queue_wait_s,
+            # A shared store may have answered with another process's copy: only bytes that
+            # match the record go along.
+            data=held
+            if held is not None
+            and record.bytes == len(held)
+            and record.content_type == info.content_type
+            else None,
         )
 
     async def _stitch(
