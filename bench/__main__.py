@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = time.monotonic()
     fleet = Fleet(profile, _log)
+    machine["data_fs"] = report.filesystem_of(fleet.root)
+    machine["file_create_us"] = fleet.file_create_us()
     env = Env(
         profile=profile,
         fleet=fleet,
@@ -204,13 +206,15 @@ def main(argv: list[str] | None = None) -> int:
                 wait_budget -= spent
             t = time.monotonic()
             account = CpuAccount(fleet)
-            _log(f"scenario {sid}: {SCENARIOS[sid].__doc__}")
+            create_us = fleet.file_create_us()
+            _log(f"scenario {sid}: {SCENARIOS[sid].__doc__} (a file create: {create_us} µs CPU)")
             try:
                 result = SCENARIOS[sid](env)
             except Exception as exc:  # a broken scenario is reported; the others still run
                 result = {"id": sid, "error": repr(exc), "traceback": traceback.format_exc()}
                 _log(result["traceback"])
             result["elapsed_s"] = round(time.monotonic() - t, 1)
+            result["file_create_us"] = create_us
             result["cpu"] = account.others()
             _log(f"  CPU during scenario {sid}: {result['cpu']}")
             results.append(result)
@@ -218,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                 mark = "PASS" if tgt["passed"] else "FAIL"
                 _log(f"  {mark} {tgt['name']}: {tgt['value']} (goal {tgt['goal']})")
             _log(f"scenario {sid} done in {result['elapsed_s']} s")
+        machine["file_create_us_after"] = fleet.file_create_us()
     finally:
         fleet.close()
 

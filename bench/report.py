@@ -75,6 +75,21 @@ def _git(*args: str) -> str:
     return done.stdout.strip()
 
 
+def filesystem_of(path: Path) -> str:
+    """The filesystem `path` is on, from /proc/mounts: "ext4 on /" (or "unknown")."""
+    best: tuple[str, str] = ("", "unknown")
+    resolved = str(Path(path).resolve())
+    for line in _read("/proc/mounts").splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount = fields[1]
+        inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best[0]):
+            best = (mount, fields[2])
+    return f"{best[1]} on {best[0]}" if best[0] else "unknown"
+
+
 def machine_info() -> dict[str, Any]:
     """Cores, CPU, RAM, Python, OS, load average, git commit and package versions."""
     cpu = next(
@@ -491,6 +506,21 @@ def render(run: dict[str, Any], chart_name: str | None) -> str:
             else "- (the run did not wait for a quiet machine)"
         ),
         f"- commit {m['commit']}",
+        *(
+            [
+                f"- data directories on {m.get('data_fs', 'an unknown filesystem')}: creating a "
+                f"small file there cost {m['file_create_us']:g} µs of CPU before the run"
+                + (
+                    f" and {m['file_create_us_after']:g} µs after it"
+                    if m.get("file_create_us_after") is not None
+                    else ""
+                )
+                + " (each scenario's figure is under its heading; a store write creates two "
+                "or three files)"
+            ]
+            if m.get("file_create_us") is not None
+            else []
+        ),
         "- satapi (uvicorn on the asyncio loop): "
         + ", ".join(f"{k} {v}" for k, v in m["satapi"].items()),
         "- baseline: " + ", ".join(f"{k} {v}" for k, v in m["baseline"].items()),
@@ -514,7 +544,13 @@ def render(run: dict[str, Any], chart_name: str | None) -> str:
             lines += [
                 f"_{sc.get('elapsed_s', 0):.0f} s; the benchmark's processes used "
                 f"{cpu['own_cpu_s']:g} CPU-seconds, other processes on the machine "
-                f"{cpu['other_cpu_s']:g} ({cpu['other_share']:.0%} of its capacity)._",
+                f"{cpu['other_cpu_s']:g} ({cpu['other_share']:.0%} of its capacity)"
+                + (
+                    f"; creating a file cost {sc['file_create_us']:g} µs of CPU at its start"
+                    if sc.get("file_create_us") is not None
+                    else ""
+                )
+                + "._",
                 "",
             ]
         if sc.get("error"):

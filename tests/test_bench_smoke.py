@@ -59,8 +59,13 @@ def test_smoke_has_a_result_for_every_scenario(
     assert run["profile"] == "smoke"
     scenarios = {sc["id"]: sc for sc in run["scenarios"]}
     assert sorted(scenarios) == [0, 1, 2, 3, 4, 5, 6, 7]
+    # What a file create cost on the data directories' filesystem, at the start, per scenario
+    # and at the end (the store's writes depend on it).
+    assert run["machine"]["data_fs"] != "unknown"
+    assert run["machine"]["file_create_us"] > 0 and run["machine"]["file_create_us_after"] > 0
     for sid, sc in scenarios.items():
         assert "error" not in sc, f"scenario {sid}: {sc.get('traceback')}"
+        assert sc["file_create_us"] > 0
         assert sc["targets"], f"scenario {sid} evaluated no target"
         for tgt in sc["targets"]:
             assert isinstance(tgt["passed"], bool)
