@@ -383,6 +383,69 @@ async def test_a_client_gone_before_the_response_is_499_and_a_crash_still_500(
     assert [e.status for e in seen if isinstance(e, RequestFinished)] == [499, 500, 500]
 
 
+async def test_only_a_request_still_running_after_a_moment_gets_a_disconnect_watcher(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A quick answer costs no watcher task; a slow one gets one; a client that leaves at once
+    still cancels its request, noticed when the watcher starts (WATCH_AFTER_S)."""
+    from starlette.responses import PlainTextResponse
+
+    from satapi.web import middleware
+
+    watchers: list[str] = []
+    ensure_future = asyncio.ensure_future
+
+    def counted(coro: Any, **kwargs: Any) -> Any:
+        watchers.append(getattr(coro, "__qualname__", ""))
+        return ensure_future(coro, **kwargs)
+
+    monkeypatch.setattr(middleware.asyncio, "ensure_future", counted)
+
+    async def quick(_request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    async def slow(_request: Any) -> PlainTextResponse:
+        await asyncio.sleep(4 * middleware.WATCH_AFTER_S)
+        return PlainTextResponse("ok")
+
+    async def waits(_request: Any) -> None:
+        await asyncio.Event().wait()  # until cancelled
+
+    inner = Starlette(routes=[Route("/quick", quick), Route("/slow", slow), Route("/w", waits)])
+    app = middleware.BodyLimitMiddleware(inner, max_bytes=1024)
+
+    async def call(path: str, *, leave: bool) -> list[int]:
+        messages: list[dict[str, Any]] = [{"type": "http.request", "body": b""}]
+        statuses: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            if not leave:
+                await asyncio.Event().wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        scope = {"type": "http", "method": "GET", "path": path, "headers": [], "query_string": b""}
+        scope.update({"state": {}, "client": ("127.0.0.1", 1), "server": ("t", 80)})
+        scope.update({"scheme": "http", "root_path": "", "http_version": "1.1"})
+        await app(scope, receive, send)
+        return statuses
+
+    assert await call("/quick", leave=False) == [200]
+    await asyncio.sleep(2 * middleware.WATCH_AFTER_S)  # its timer was cancelled: still none
+    assert watchers == []
+    assert await call("/slow", leave=False) == [200]
+    assert len(watchers) == 1 and "watch" in watchers[0]
+    started = time.perf_counter()
+    assert await asyncio.wait_for(call("/w", leave=True), 5) == []  # cancelled, no answer
+    assert time.perf_counter() - started >= middleware.WATCH_AFTER_S * 0.9
+    assert len(watchers) == 2
+
+
 async def test_a_real_client_that_hangs_up_while_waiting_is_logged_and_counted_as_499(
     tmp_path: Any,
 ) -> None:
