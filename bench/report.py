@@ -160,6 +160,13 @@ def _note(pt: dict[str, Any]) -> str:
             f"{pt['cpu_ms_per_request']:g} ms CPU/request: CPU limit {_num(pt['cpu_limit_rps'])} "
             f"req/s, reached {share:.0%}"
         )
+    first, later = pt.get("first_wave_ms"), pt.get("later_ms")
+    if first and later and first.get("p50") is not None and later.get("p50") is not None:
+        parts.append(
+            f"latency p50 / max of the first {first['n']} (sent at once): "
+            f"{_num(first['p50'], 0)} / {_num(first['max'], 0)} ms, of the {later['n']} after "
+            f"them: {_num(later['p50'], 0)} / {_num(later['max'], 0)} ms"
+        )
     if pt.get("hit_time_limit"):
         unfinished = pt["cancelled"] + pt["not_started"]
         parts.append(f"time limit {pt['time_limit_s']:g} s: {unfinished} unfinished")

@@ -588,6 +588,12 @@ def compact(result: LoadResult, system: str) -> dict[str, Any]:
     if health is not None and health.unanswered_at_end_ms is not None:
         probes.append(health.unanswered_at_end_ms)
     probe_stats = percentiles(probes)
+    # The first C requests reach a new server at the same instant (a cold burst: every one of
+    # them is parsed, started, finished and answered on one event loop at about the same time);
+    # the later ones arrive as earlier answers leave, spread out. Their latencies apart show
+    # how much of a load's time is that first burst.
+    by_start = [ms for _, ms, _ in sorted(result.records)]
+    first, later = by_start[: result.concurrency], by_start[result.concurrency :]
     return {
         "system": system,
         "concurrency": result.concurrency,
@@ -613,7 +619,14 @@ def compact(result: LoadResult, system: str) -> dict[str, Any]:
         "peak_rss_mb": result.peak_rss_mb,
         "peak_processes": result.peak_processes,
         "server_cpu_s": result.server_cpu_s,
+        "first_wave_ms": _p50_max(first) if first and later else None,
+        "later_ms": _p50_max(later) if first and later else None,
     }
+
+
+def _p50_max(values_ms: list[float]) -> dict[str, float | None]:
+    stats = percentiles(values_ms)
+    return {"n": len(values_ms), "p50": stats.p50, "max": stats.max}
 
 
 def cpu_limit(point: dict[str, Any]) -> None:
