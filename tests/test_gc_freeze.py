@@ -56,7 +56,7 @@ def test_the_servers_factory_asks_for_it(
     monkeypatch.setattr(satapi.app, "setup_logging", lambda *a: None)
     monkeypatch.setattr(satapi.app, "create_app", fake_create_app)
     app_from_env()
-    assert seen == {"watch_signals": True, "freeze_gc": True}
+    assert seen == {"watch_signals": True, "freeze_gc": True, "warm_up": True}
 
 
 async def test_a_server_app_turns_the_collector_back_on_when_ready(
