@@ -149,6 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated subset of {','.join(SYSTEMS)}",
     )
     parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the servers' data directories go (default: /dev/shm when it is a tmpfs "
+        "with 12 GB free, else the temp directory; see bench/scenarios.py's data_root)",
+    )
+    parser.add_argument(
         "--soak",
         action="store_true",
         help="run the soak instead (bench/soak.py): 20 min or 100,000 requests; with --smoke "
@@ -187,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {machine['loadavg']}"
     )
     started = time.monotonic()
-    fleet = Fleet(profile, _log)
+    fleet = Fleet(profile, _log, data_dir=args.data_dir)
     machine["data_fs"] = report.filesystem_of(fleet.root)
     machine["file_create_us"] = fleet.file_create_us()
     env = Env(

@@ -44,6 +44,7 @@ from bench.fake_ai import command as fake_ai_command
 from bench.fake_ai import fetch_stats as fetch_ai_stats
 from bench.fake_ai import reset_stats as reset_ai_stats
 from bench.procs import OUT_DIR, REPO_ROOT, ServerProcess, free_port
+from bench.report import filesystem_of
 from bench.stages import read_folded
 from bench.upstream import fetch_stats, reset_stats, upstream_command
 
@@ -221,13 +222,38 @@ enabled = false
 """
 
 
+# Room for the biggest server's data: scenario 5 stores 100 4096² PNGs (~2.4 GB) per system.
+TMPFS_FREE_MIN = 6 * 1024**3
+
+
+def data_root(requested: Path | None = None) -> Path | None:
+    """Where a run's data directories go: `requested`, else /dev/shm when it is a tmpfs with
+    room for a full run, else None (the temp directory).
+
+    A tmpfs keeps the filesystem out of the figures. This VM's root filesystem is ext4 without
+    a journal: there, creating a file scans past every inode deleted in the last one to six
+    minutes, so what the run itself, an earlier run or a test suite had just deleted set what
+    a store write cost: 49 to 964 µs of CPU per file between the scenarios of three pairs of
+    runs (a scenario 6 request creates three). A journaled ext4 or a tmpfs charges tens.
+    """
+    if requested is not None:
+        requested.mkdir(parents=True, exist_ok=True)
+        return requested
+    shm = Path("/dev/shm")
+    if filesystem_of(shm).startswith("tmpfs ") and shutil.disk_usage(shm).free >= TMPFS_FREE_MIN:
+        return shm
+    return None
+
+
 class Fleet:
     """Starts and stops the upstreams and servers of a run; owns its temporary directory."""
 
-    def __init__(self, profile: Profile, log: Log) -> None:
+    def __init__(self, profile: Profile, log: Log, data_dir: Path | None = None) -> None:
         self.profile = profile
         self.log = log
-        self.root = Path(tempfile.mkdtemp(prefix="satapi-bench-"))
+        self.root = Path(tempfile.mkdtemp(prefix="satapi-bench-", dir=data_root(data_dir)))
+        # On a tmpfs a server's data goes when it stops (it is memory); elsewhere at the end.
+        self._wipe_at_stop = filesystem_of(self.root).startswith("tmpfs ")
         self._upstreams: dict[float, ServerProcess] = {}
         self._fake_ais: dict[float, ServerProcess] = {}
         self._shared: dict[tuple[str, str, AiSetup | None], ServerProcess] = {}
@@ -289,19 +315,21 @@ class Fleet:
         return proc
 
     def _stop(self, proc: ServerProcess) -> None:
-        # The next server gets a new, empty data directory; the old ones are removed at the end
-        # of the run (`close`), not now. On ext4 without a journal (this VM's root filesystem),
-        # creating a file scans past every inode deleted in the last minutes, so wiping a
-        # server's thousands of files here made the next scenarios' file creations cost up to
-        # 20x more CPU (`file_create_us`).
+        # The next server gets a new, empty data directory. Off a tmpfs the old ones are removed
+        # at the end of the run (`close`), not now: on ext4 without a journal (this VM's root
+        # filesystem), creating a file scans past every inode deleted in the last minutes, so
+        # wiping a server's thousands of files here made the next scenarios' file creations cost
+        # up to 20x more CPU (`file_create_us`, see `data_root`).
         proc.stop(grace=5.0)
         self._dirty.discard(proc.pid)
-        self._data.pop(proc.pid, None)
+        data = self._data.pop(proc.pid, None)
+        if data is not None and self._wipe_at_stop:
+            shutil.rmtree(data, ignore_errors=True)
 
     def file_create_us(self, files: int = 200) -> float:
         """CPU microseconds (user + system, this thread) to create and write one small file in
         the run's directory: what the filesystem charges every store write at the moment. The
-        probe's files stay until `close` (deleting them would raise the cost it measures)."""
+        probe's files stay until `close` (deleting them could raise the cost it measures)."""
         probe = Path(tempfile.mkdtemp(prefix="probe-", dir=self.root))
         started = time.thread_time()
         for i in range(files):

@@ -207,3 +207,21 @@ def test_clientab_measures_both_transports() -> None:
     rows = [line.split() for line in done.stdout.splitlines()[1:]]
     assert {row[0] for row in rows} == {"httpx2", "aiohttp"}
     assert all(float(row[1]) > 0 for row in rows), done.stdout
+
+
+def test_the_data_directories_go_where_asked_else_on_a_roomy_tmpfs(tmp_path: Path) -> None:
+    import shutil
+
+    from bench.report import filesystem_of
+    from bench.scenarios import TMPFS_FREE_MIN, data_root
+
+    asked = tmp_path / "data"
+    assert data_root(asked) == asked and asked.is_dir()
+    shm = Path("/dev/shm")
+    roomy_tmpfs = (
+        shm.is_dir()
+        and filesystem_of(shm).startswith("tmpfs ")
+        and shutil.disk_usage(shm).free >= TMPFS_FREE_MIN
+    )
+    assert data_root() == (shm if roomy_tmpfs else None)
+    assert filesystem_of(Path("/")).endswith(" on /")
