@@ -7,6 +7,7 @@ Usage::
     python -m bench --only 1,4       # some scenarios (written to bench/out/, not RESULTS.md)
     python -m bench --only 2 --py-spy  # plus py-spy profiles of satapi in bench/out/
     python -m bench --report-from bench/out/results.json  # re-render RESULTS.md only
+    python -m bench --data-dir /var/tmp/b  # the servers' data there (default: a roomy tmpfs)
     python -m bench --soak           # soak: 20 min or 100,000 requests -> bench/soak/RESULTS.md
     python -m bench --soak --smoke   # the same for 60 s or 3,000 requests -> bench/out/soak/
 
