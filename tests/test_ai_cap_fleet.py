@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -51,8 +52,11 @@ async def _gauge(client: httpx.AsyncClient, name: str) -> float:
 
 
 async def _until(client: httpx.AsyncClient, name: str, value: float) -> None:
+    # A fleet gauge appears with the coordinator's first reading of the fleet after the cap is
+    # first used (refreshed every second): until then its absence means "not yet".
     for _ in range(500):
-        if await _gauge(client, name) == value:
+        text = (await client.get("/metrics")).text
+        if re.search(rf"^{re.escape(name)} ", text, re.MULTILINE) and _metric(text, name) == value:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"{name} never reached {value}")
