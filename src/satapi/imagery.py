@@ -64,8 +64,8 @@ class FetchedImage:
     parts: tuple[tuple[Tile, str], ...] = ()
     # The stored bytes, when this request downloaded a small image that never left memory:
     # an analysis uses them instead of reading the file it has just written. Only `fetch`
-    # carries them (one image per caller); `fetch_each` drops them, so a series does not hold
-    # every date's image at once.
+    # carries them (one image per caller); `fetch_each` drops each as it arrives, so a series
+    # does not hold every date's image at once.
     data: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -356,16 +356,17 @@ class ImageService:
     ) -> dict[str, FetchedImage | SatapiError]:
         """Fetch several images of one area concurrently (`data_window` as in `fetch`); a
         failure stands in for its own result only."""
-        results = await asyncio.gather(
-            *(self.fetch(t, data_window=data_window) for t in targets.values()),
-            return_exceptions=True,
-        )
+
+        async def one(target: FetchTarget) -> FetchedImage:
+            fetched = await self.fetch(target, data_window=data_window)
+            # Each image's bytes go as soon as it is stored: a series reads them in turn.
+            return dataclasses.replace(fetched, data=None) if fetched.data is not None else fetched
+
+        results = await asyncio.gather(*(one(t) for t in targets.values()), return_exceptions=True)
         out: dict[str, FetchedImage | SatapiError] = {}
         for key, result in zip(targets, results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, SatapiError):
                 raise result
-            if isinstance(result, FetchedImage) and result.data is not None:
-                result = dataclasses.replace(result, data=None)  # a series reads them in turn
             out[key] = result
         return out
 
