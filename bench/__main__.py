@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="DIR",
         help="where the servers' data directories go (default: /dev/shm when it is a tmpfs "
-        "with 12 GB free, else the temp directory; see bench/scenarios.py's data_root)",
+        "with room (scenarios.TMPFS_FREE_MIN), else the temp directory; see data_root)",
     )
     parser.add_argument(
         "--soak",
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = time.monotonic()
     fleet = Fleet(profile, _log, data_dir=args.data_dir)
-    machine["data_fs"] = report.filesystem_of(fleet.root)
+    machine["data_fs"] = fleet.data_fs
     machine["file_create_us"] = fleet.file_create_us()
     env = Env(
         profile=profile,

@@ -253,8 +253,9 @@ class Fleet:
         self.profile = profile
         self.log = log
         self.root = Path(tempfile.mkdtemp(prefix="satapi-bench-", dir=data_root(data_dir)))
+        self.data_fs = filesystem_of(self.root)  # e.g. "tmpfs on /dev/shm", for the report
         # On a tmpfs a server's data goes when it stops (it is memory); elsewhere at the end.
-        self._wipe_at_stop = filesystem_of(self.root).startswith("tmpfs ")
+        self._wipe_at_stop = self.data_fs.startswith("tmpfs ")
         self._upstreams: dict[float, ServerProcess] = {}
         self._fake_ais: dict[float, ServerProcess] = {}
         self._shared: dict[tuple[str, str, AiSetup | None], ServerProcess] = {}
